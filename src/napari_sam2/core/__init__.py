@@ -1,0 +1,1 @@
+"""Predictors and data handling usable from scripts: no Qt and no napari imports here."""
