@@ -1,0 +1,47 @@
+"""Package-level guarantees: a light import, a valid napari manifest, and a test suite that
+refuses to run without the reference implementation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_import_is_light() -> None:
+    code = (
+        "import sys, napari_sam2\n"
+        "heavy = [m for m in ('torch', 'qtpy', 'PyQt6', 'PyQt5', 'PySide6', 'napari') "
+        "if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "assert callable(napari_sam2.load_model)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_manifest_is_valid_and_registered() -> None:
+    from importlib.metadata import entry_points
+
+    import npe2
+
+    eps = [ep for ep in entry_points(group="napari.manifest") if ep.name == "napari-sam2"]
+    assert eps, "napari.manifest entry point not registered (is the package installed?)"
+    manifest = npe2.PluginManifest.from_file(ROOT / "src" / "napari_sam2" / "napari.yaml")
+    assert manifest.name == "napari-sam2"
+
+
+def test_suite_fails_without_the_reference(tmp_path: Path) -> None:
+    fake = tmp_path / "sam2"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('sam2 is hidden for this test')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT / "src")]))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_package.py",
+         "-k", "light"],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    assert "sam2==1.1.0 is required" in result.stdout + result.stderr
