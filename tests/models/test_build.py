@@ -28,8 +28,17 @@ def _reference_on_meta(config: str, image_size: int = 1024) -> torch.nn.Module:
         config_name=reference_config_name(config),
         overrides=[f"++model.image_size={image_size}"],
     )
-    with torch.device("meta"):
-        return instantiate(cfg.model, _recursive_=True)
+    linspace = torch.linspace
+
+    def linspace_on_cpu(*args, **kwargs):  # the reference reads drop-path rates with .item()
+        return linspace(*args, **{**kwargs, "device": "cpu"})
+
+    torch.linspace = linspace_on_cpu
+    try:
+        with torch.device("meta"):
+            return instantiate(cfg.model, _recursive_=True)
+    finally:
+        torch.linspace = linspace
 
 
 def _layout(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:

@@ -104,7 +104,7 @@ class Hiera(nn.Module):
         self._pos_cache: dict[_PosKey, torch.Tensor] = {}
 
         depth = sum(stages)
-        drop_rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        drop_rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         global_blocks = set(global_att_blocks or ())
         stage = 0
         dim = embed_dim
