@@ -28,6 +28,7 @@ import torch
 
 from .embedding import ImageEmbedding, embed_images
 from .prompts import Prompts
+from .normalization import Normalization, normalize_image
 from .transforms import ImageTransforms, check_image
 
 if TYPE_CHECKING:
@@ -70,6 +71,8 @@ class SAM2ImagePredictor:
         )
         self.mask_threshold = float(mask_threshold)
         self._state: ImageEmbedding | None = None
+        #: The intensity mapping applied by the last :meth:`set_image` (``None``: image used as is).
+        self.normalization: Normalization | None = None
 
     @classmethod
     def from_pretrained(
@@ -149,23 +152,33 @@ class SAM2ImagePredictor:
 
     # ------------------------------------------------------------------ images
     @torch.no_grad()
-    def set_image(self, image: np.ndarray | Any) -> None:
+    def set_image(
+        self, image: np.ndarray | Any, normalization: Normalization | None = None
+    ) -> None:
         """Embed one image for :meth:`predict`.
 
         Args:
-            image: ``H×W×3`` RGB or ``H×W`` grey numpy array, ``uint8`` (0..255) or float in
-                ``[0, 1]``, or a PIL image; at least 2×2 pixels.
+            image: ``H×W×3`` RGB or ``H×W`` grey, ``uint8`` or float in ``[0, 1]`` (used as
+                they are, as SAM 2 does), or a PIL image; any other microscopy image --
+                16-bit, signed, float with any range or NaNs, 2–4 channels -- is first mapped
+                with :func:`~napari_sam2.core.normalization.normalize_image` (robust
+                percentile contrast per channel). At least 2×2 pixels.
+            normalization: explicit intensity mapping (e.g. napari's contrast limits) applied
+                whatever the dtype. The mapping used is kept in :attr:`normalization`.
         """
-        image = check_image(image, "image")
+        image, self.normalization = _prepare_image(image, "image", normalization)
         self.reset_predictor()
         self._state = embed_images(self.model, [image], is_batch=False)
 
     @torch.no_grad()
-    def set_image_batch(self, image_list: Sequence[np.ndarray]) -> None:
+    def set_image_batch(
+        self, image_list: Sequence[np.ndarray], normalization: Normalization | None = None
+    ) -> None:
         """Embed several images (of any sizes) for :meth:`predict_batch`.
 
         Args:
             image_list: a list of images as accepted by :meth:`set_image`.
+            normalization: as in :meth:`set_image`, resolved for each image separately.
         """
         if isinstance(image_list, np.ndarray) or not isinstance(image_list, Sequence):
             raise TypeError(
@@ -174,9 +187,12 @@ class SAM2ImagePredictor:
             )
         if len(image_list) == 0:
             raise ValueError("image_list is empty.")
-        images = [check_image(im, f"image_list[{i}]") for i, im in enumerate(image_list)]
+        prepared = [
+            _prepare_image(im, f"image_list[{i}]", normalization) for i, im in enumerate(image_list)
+        ]
         self.reset_predictor()
-        self._state = embed_images(self.model, images, is_batch=True)
+        self.normalization = prepared[0][1] if len(prepared) == 1 else None
+        self._state = embed_images(self.model, [im for im, _ in prepared], is_batch=True)
 
     def get_image_embedding(self) -> torch.Tensor:
         """The ``B×C×h×w`` image embedding (``B = 1`` after :meth:`set_image`)."""
@@ -369,3 +385,30 @@ class SAM2ImagePredictor:
         if not return_logits:
             masks = masks > self.mask_threshold
         return masks, iou_predictions, low_res_masks
+
+
+def _is_model_ready(image: np.ndarray) -> bool:
+    """``uint8`` or finite float in ``[0, 1]``, ``H×W``, ``H×W×1`` or ``H×W×3``: used unchanged."""
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3)):
+        return False
+    if image.dtype == np.uint8:
+        return True
+    if image.dtype.kind != "f" or image.size == 0:
+        return False
+    return bool(np.isfinite(image).all() and image.min() >= 0.0 and image.max() <= 1.0)
+
+
+def _prepare_image(
+    image: Any, name: str, normalization: Normalization | None
+) -> tuple[np.ndarray, Normalization | None]:
+    """Validated model-ready image and the intensity mapping applied to it (if any)."""
+    if type(image).__module__.split(".")[0] == "PIL":
+        image = np.asarray(image)
+    if isinstance(image, np.ndarray) and image.ndim in (2, 3) and image.dtype.kind in "uifb":
+        if normalization is not None or not _is_model_ready(image):
+            try:
+                mapped, used = normalize_image(image, normalization)
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from None
+            return check_image(mapped, name), used
+    return check_image(image, name), None
