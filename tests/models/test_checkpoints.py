@@ -93,12 +93,16 @@ def test_truncated_file(tmp_path: Path, official_checkpoint) -> None:
         load_model(path)
 
 
-@pytest.mark.parametrize("content", [b"hello, I am not a checkpoint\n", bytes(range(256)) * 4])
+@pytest.mark.parametrize(
+    "content",
+    [b"hello, I am not a checkpoint\n", bytes(range(256)) * 4, b"<html>404 Not Found</html>"],
+)
 def test_not_a_checkpoint(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "notes.pt"
     path.write_bytes(content)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="notes.pt") as info:
         load_model(path)
+    assert "pickled Python objects" not in str(info.value)
 
 
 class _Payload:

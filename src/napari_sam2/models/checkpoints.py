@@ -149,14 +149,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             # Files in the legacy (non-zip) format cannot be memory-mapped.
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights_only" in str(err) or "Weights only load failed" in str(err):
+        if "GLOBAL" in str(err) or "Unsupported global" in str(err):
             raise CheckpointError(
                 f"{path} contains pickled Python objects besides tensors, which napari-sam2 will "
                 "not execute. If you trust its origin, load it in Python and save just the state "
                 "dict: torch.save({'model': model_state_dict}, 'clean.pt')."
             ) from None
         raise CheckpointError(
-            f"{path} is not a PyTorch checkpoint (it could not be unpickled: {err})."
+            f"{path} is not a PyTorch checkpoint (its contents could not be read as saved "
+            "tensors). Check that it is the .pt file you meant; a download may have saved an "
+            "error page instead."
         ) from None
     except Exception as err:  # torch raises many types for damaged files
         raise CheckpointError(

@@ -1,0 +1,660 @@
+"""napari annotations (Points, Shapes, their CSV files) as SAM 2 prompts.
+
+This module is the one place where napari-style coordinates become SAM prompts; the command
+line and the dock widget both use it. No Qt and no napari imports.
+
+Coordinates
+-----------
+napari stores Points and Shapes data as ``N×D`` arrays in *data order*: ``(…, y, x)``, the
+last two axes being rows and columns. SAM wants ``(x, y)``. Here
+
+* the **spatial axes are always the last two** (``y = coords[:, -2]``, ``x = coords[:, -1]``),
+  in pixels of the image, with no half-pixel shift (napari draws pixel ``i`` centred on ``i``,
+  SAM's pixel coordinates are used the same way);
+* for ``D = 2`` there is no frame axis (``frame_axis=None``) and every prompt is on frame 0;
+* for ``D >= 3`` the **frame index** is ``round(coords[:, frame_axis])``; any other axis
+  (e.g. ``z`` when following time through a T×Z×Y×X stack) is ignored -- the stack opened for
+  tracking decides which plane is used.
+
+Point annotations (the Points layer ``features`` convention)
+-------------------------------------------------------------
+A Points layer's ``features`` table (also what napari's "Save" writes as extra CSV columns)
+describes each point with
+
+* ``obj_id`` -- int >= 1, the label value of the object the click belongs to (default 1);
+* ``positive`` -- bool, ``True`` for a foreground click, ``False`` for a background click
+  (default ``True``). A ``label`` column with SAM's values (1 positive, 0 negative) is
+  accepted instead; ``positive`` wins if both are present.
+
+Rectangles
+----------
+A Shapes rectangle (4 vertices, ``4×D``) becomes one XYXY box: the bounding box of its
+vertices in the last two axes (so a rotated rectangle gives its axis-aligned bounding box).
+All vertices must lie on the same frame. napari's Shapes "Save" writes no features, so when no
+object ids are given each rectangle is its own object, numbered 1, 2, … in order; a CSV may
+carry an ``obj_id`` column to choose them (e.g. to pair a box with clicks of the same object).
+
+Prompts for the same frame and object are merged into one :class:`FramePrompt` (one call to
+the predictor): all clicks plus at most one box.
+
+Bounds
+------
+:func:`validate_prompts` checks prompts against a stack: a point must lie on the image as
+napari shows it (``-0.5 <= x < W - 0.5``, same for ``y``) and is then clamped into
+``[0, W - 1]``; a box is clipped to ``[0, W] × [0, H]`` and refused only if nothing of it is
+left; the frame must be in ``0 .. T - 1``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "FramePrompt",
+    "merge_prompts",
+    "point_features",
+    "prompts_from_boxes",
+    "prompts_from_dict",
+    "prompts_from_points",
+    "read_points_csv",
+    "read_shapes_csv",
+    "validate_prompts",
+]
+
+_TRUE = {"1", "1.0", "true", "t", "yes", "y", "positive", "pos", "+"}
+_FALSE = {"0", "0.0", "false", "f", "no", "n", "negative", "neg", "-"}
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class FramePrompt:
+    """Prompts for one object on one frame: a single predictor call.
+
+    Attributes:
+        frame_idx: frame (or slice) index, >= 0.
+        obj_id: object id, >= 1; the value the object gets in the label image.
+        points: ``N×2`` float32 points, ``(x, y)`` pixels, or ``None``.
+        labels: ``N`` int32 point labels (1 positive, 0 negative), or ``None``.
+        box: ``4`` float32 XYXY box ``(x0, y0, x1, y1)`` in pixels, or ``None``.
+    """
+
+    frame_idx: int
+    obj_id: int
+    points: np.ndarray | None = field(default=None)
+    labels: np.ndarray | None = field(default=None)
+    box: np.ndarray | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        set_("frame_idx", _integer(self.frame_idx, "frame_idx", minimum=0))
+        set_("obj_id", _integer(self.obj_id, "obj_id", minimum=1))
+        points, labels = self.points, self.labels
+        if points is not None and len(np.asarray(points)) == 0:
+            points = labels = None
+        if (points is None) != (labels is None):
+            raise ValueError(
+                f"frame {self.frame_idx}, object {self.obj_id}: points and labels go together "
+                "(one label per point)"
+            )
+        if points is not None:
+            pts = np.asarray(points, dtype=np.float32)
+            if pts.ndim != 2 or pts.shape[1] != 2:
+                raise ValueError(f"points must be N×2 (x, y), got shape {pts.shape}")
+            if not np.isfinite(pts).all():
+                raise ValueError(
+                    f"frame {self.frame_idx}, object {self.obj_id}: points contain NaN or inf"
+                )
+            labs = np.asarray(labels)
+            if labs.shape != (len(pts),):
+                raise ValueError(
+                    f"labels must have shape ({len(pts)},), one per point, got {labs.shape}"
+                )
+            if not np.isin(labs, (0, 1)).all():
+                raise ValueError(f"labels must be 1 (positive) or 0 (negative), got {labs}")
+            pts.setflags(write=False)
+            labs = labs.astype(np.int32)
+            labs.setflags(write=False)
+            set_("points", pts)
+            set_("labels", labs)
+        else:
+            set_("points", None)
+            set_("labels", None)
+        if self.box is not None:
+            box = np.asarray(self.box, dtype=np.float32).reshape(-1)
+            if box.shape != (4,):
+                raise ValueError(f"box must be 4 numbers (x0, y0, x1, y1), got {box.size}")
+            if not np.isfinite(box).all():
+                raise ValueError(
+                    f"frame {self.frame_idx}, object {self.obj_id}: box contains NaN or inf"
+                )
+            if box[2] < box[0] or box[3] < box[1]:
+                raise ValueError(f"box must be XYXY with x0 <= x1 and y0 <= y1, got {box}")
+            box.setflags(write=False)
+            set_("box", box)
+        if self.points is None and self.box is None:
+            raise ValueError(
+                f"frame {self.frame_idx}, object {self.obj_id}: a prompt needs points or a box"
+            )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FramePrompt):
+            return NotImplemented
+        same = lambda a, b: (a is None and b is None) or (  # noqa: E731
+            a is not None and b is not None and np.array_equal(a, b)
+        )
+        return (
+            self.frame_idx == other.frame_idx
+            and self.obj_id == other.obj_id
+            and same(self.points, other.points)
+            and same(self.labels, other.labels)
+            and same(self.box, other.box)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        parts = [f"frame_idx={self.frame_idx}", f"obj_id={self.obj_id}"]
+        if self.points is not None:
+            parts.append(f"points={self.points.tolist()}, labels={self.labels.tolist()}")
+        if self.box is not None:
+            parts.append(f"box={self.box.tolist()}")
+        return f"FramePrompt({', '.join(parts)})"
+
+
+def _integer(value: Any, name: str, minimum: int | None = None) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    try:
+        as_float = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if not math.isfinite(as_float) or as_float != round(as_float):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    result = int(round(as_float))
+    if minimum is not None and result < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {result}")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+def _coords(coords: Any, frame_axis: int | None, what: str) -> tuple[np.ndarray, int | None]:
+    """``coords`` as a float64 N×D array and ``frame_axis`` checked and made non-negative."""
+    try:
+        arr = np.asarray(coords, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{what} must be a numeric N×D array: {err}") from None
+    if arr.ndim != 2 or arr.shape[1] < 2:
+        raise ValueError(f"{what} must be N×D with D >= 2 (…, y, x), got shape {arr.shape}")
+    ndim = arr.shape[1]
+    if ndim == 2:
+        if frame_axis is not None:
+            raise ValueError(
+                f"{what} are 2D (y, x) and have no frame axis; pass frame_axis=None "
+                f"(got frame_axis={frame_axis})"
+            )
+        return arr, None
+    if frame_axis is None:
+        raise ValueError(
+            f"{what} have {ndim} coordinates; say which one is the frame: frame_axis=0 for "
+            "(t, y, x)"
+        )
+    fa = _integer(frame_axis, "frame_axis")
+    if not -ndim <= fa < ndim:
+        raise ValueError(f"frame_axis={fa} is out of range for {ndim}D {what}")
+    fa %= ndim
+    if fa >= ndim - 2:
+        raise ValueError(
+            f"frame_axis={fa} is a spatial axis; the last two of the {ndim} axes are (y, x)"
+        )
+    return arr, fa
+
+
+def _frames(arr: np.ndarray, frame_axis: int | None, what: str) -> np.ndarray:
+    if frame_axis is None:
+        return np.zeros(len(arr), dtype=np.int64)
+    frames = arr[:, frame_axis]
+    bad = ~np.isfinite(frames)
+    if bad.any():
+        raise ValueError(f"{what} {int(np.argmax(bad))} has a NaN or infinite frame coordinate")
+    return np.round(frames).astype(np.int64)
+
+
+def _obj_ids(obj_ids: Any, n: int, default: Sequence[int] | int) -> np.ndarray:
+    if obj_ids is None:
+        return np.broadcast_to(np.asarray(default, dtype=np.int64), (n,)).copy()
+    ids = np.asarray(obj_ids)
+    if ids.ndim == 0:
+        ids = np.full(n, ids)
+    if ids.shape != (n,):
+        raise ValueError(f"obj_ids must have one entry per annotation ({n}), got shape {ids.shape}")
+    if ids.dtype.kind not in "iuf" or (ids.dtype.kind == "f" and not np.isfinite(ids).all()):
+        raise ValueError(f"obj_ids must be integers >= 1, got {ids.tolist()[:5]}")
+    if (ids != np.round(ids)).any() or (ids < 1).any():
+        bad = ids[(ids != np.round(ids)) | (ids < 1)]
+        raise ValueError(
+            f"obj_ids must be integers >= 1 (0 is the background label), got {bad.tolist()[:5]}"
+        )
+    return ids.astype(np.int64)
+
+
+def _positive(positive: Any, n: int) -> np.ndarray:
+    if positive is None:
+        return np.ones(n, dtype=bool)
+    pos = np.asarray(positive)
+    if pos.ndim == 0:
+        pos = np.full(n, pos)
+    if pos.shape != (n,):
+        raise ValueError(f"positive must have one entry per point ({n}), got shape {pos.shape}")
+    if pos.dtype == bool:
+        return pos.copy()
+    if pos.dtype.kind in "iuf" and np.isin(pos, (0, 1)).all():
+        return pos.astype(bool)
+    raise ValueError(
+        f"positive must be True/False (or 1/0) for each point, got {pos.tolist()[:5]}"
+    )
+
+
+def prompts_from_points(
+    coords: Any,
+    positive: Any = None,
+    obj_ids: Any = None,
+    *,
+    frame_axis: int | None,
+) -> list[FramePrompt]:
+    """Clicks in napari data order as SAM prompts, one per (frame, object).
+
+    Args:
+        coords: ``N×D`` points in napari data order (…, y, x), e.g. ``points_layer.data``.
+        positive: ``N`` bools (or 1/0): foreground (True) or background click; default all True.
+        obj_ids: ``N`` object ids (>= 1), or one for all; default 1.
+        frame_axis: for ``D >= 3`` the axis holding the frame index (0 for (t, y, x));
+            ``None`` for ``D = 2`` (all prompts on frame 0). Axes other than the frame axis
+            and the last two are ignored.
+
+    Returns:
+        :class:`FramePrompt` list sorted by (frame, object); each keeps its clicks in input
+        order, ``points`` as ``(x, y)``.
+    """
+    arr, fa = _coords(coords, frame_axis, "points")
+    n = len(arr)
+    pos = _positive(positive, n)
+    ids = _obj_ids(obj_ids, n, 1)
+    if n == 0:
+        return []
+    spatial = arr[:, -2:]
+    bad = ~np.isfinite(spatial).all(axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"point {i} has NaN or infinite coordinates {arr[i].tolist()}")
+    frames = _frames(arr, fa, "point")
+    prompts = []
+    for frame, obj in sorted(set(zip(frames.tolist(), ids.tolist()))):
+        sel = (frames == frame) & (ids == obj)
+        if frame < 0:
+            i = int(np.argmax(sel))
+            raise ValueError(f"point {i} {arr[i].tolist()} lies on frame {frame} (< 0)")
+        xy = spatial[sel][:, ::-1]  # (y, x) -> (x, y)
+        prompts.append(FramePrompt(frame, obj, xy, pos[sel].astype(np.int32)))
+    return prompts
+
+
+def prompts_from_boxes(
+    rectangles: Sequence[Any],
+    obj_ids: Any = None,
+    *,
+    frame_axis: int | None,
+) -> list[FramePrompt]:
+    """napari rectangles (``4×D`` vertices each, data order) as SAM box prompts.
+
+    Args:
+        rectangles: a list of ``4×D`` vertex arrays (``shapes_layer.data`` filtered to
+            rectangles); all of one rectangle's vertices must be on the same frame.
+        obj_ids: one object id per rectangle; default ``1, 2, …`` (each rectangle its own
+            object).
+        frame_axis: as in :func:`prompts_from_points`.
+
+    Returns:
+        One :class:`FramePrompt` per rectangle, sorted by (frame, object), ``box`` XYXY; two
+        boxes for the same object on the same frame raise :class:`ValueError`.
+    """
+    rects = list(rectangles)
+    ids = _obj_ids(obj_ids, len(rects), np.arange(1, len(rects) + 1))
+    prompts = []
+    for i, rect in enumerate(rects):
+        verts, fa = _coords(rect, frame_axis, f"rectangle {i}")
+        if len(verts) != 4:
+            raise ValueError(f"rectangle {i} must have 4 vertices, got {len(verts)}")
+        if not np.isfinite(verts[:, -2:]).all():
+            raise ValueError(f"rectangle {i} has NaN or infinite vertex coordinates")
+        frames = _frames(verts, fa, f"rectangle {i}, vertex")
+        if (frames != frames[0]).any():
+            raise ValueError(
+                f"rectangle {i} spans frames {sorted(set(frames.tolist()))}; draw it on one frame"
+            )
+        if frames[0] < 0:
+            raise ValueError(f"rectangle {i} lies on frame {int(frames[0])} (< 0)")
+        y, x = verts[:, -2], verts[:, -1]
+        box = np.array([x.min(), y.min(), x.max(), y.max()])
+        prompts.append(FramePrompt(int(frames[0]), int(ids[i]), box=box))
+    return merge_prompts(prompts)
+
+
+def merge_prompts(*groups: Iterable[FramePrompt]) -> list[FramePrompt]:
+    """Merge prompts that share (frame, object) into one; sorted by (frame, object).
+
+    Clicks are concatenated in order; at most one box per (frame, object) -- SAM takes one box
+    per call -- else :class:`ValueError`.
+    """
+    merged: dict[tuple[int, int], FramePrompt] = {}
+    for prompt in (p for group in groups for p in group):
+        if not isinstance(prompt, FramePrompt):
+            raise TypeError(f"expected FramePrompt objects, got {type(prompt).__name__}")
+        key = (prompt.frame_idx, prompt.obj_id)
+        old = merged.get(key)
+        if old is None:
+            merged[key] = prompt
+            continue
+        if old.box is not None and prompt.box is not None:
+            raise ValueError(
+                f"object {key[1]} has two boxes on frame {key[0]}; SAM takes one box per "
+                "object and frame"
+            )
+        pts = [p for p in (old.points, prompt.points) if p is not None]
+        labs = [p for p in (old.labels, prompt.labels) if p is not None]
+        merged[key] = FramePrompt(
+            key[0], key[1],
+            np.concatenate(pts) if pts else None,
+            np.concatenate(labs) if labs else None,
+            old.box if old.box is not None else prompt.box,
+        )
+    return [merged[k] for k in sorted(merged)]
+
+
+def prompts_from_dict(prompts: Mapping[tuple[int, int], Mapping[str, Any]]) -> list[FramePrompt]:
+    """``{(frame_idx, obj_id): {"points": N×2 (x, y), "labels": N, "box": XYXY}}`` as
+    :class:`FramePrompt` objects (each entry needs points and/or a box; labels default to 1)."""
+    out = []
+    for key, value in prompts.items():
+        if not (isinstance(key, tuple) and len(key) == 2):
+            raise ValueError(f"prompt keys must be (frame_idx, obj_id) tuples, got {key!r}")
+        if not isinstance(value, Mapping):
+            raise ValueError(f"prompt {key}: expected a dict with points/labels/box")
+        unknown = set(value) - {"points", "labels", "box"}
+        if unknown:
+            raise ValueError(f"prompt {key}: unknown entries {sorted(unknown)}")
+        points, labels = value.get("points"), value.get("labels")
+        if points is not None and labels is None:
+            labels = np.ones(len(np.asarray(points)), dtype=np.int32)
+        out.append(FramePrompt(key[0], key[1], points, labels, value.get("box")))
+    return merge_prompts(out)
+
+
+def point_features(features: Any, n_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(positive, obj_ids)`` of ``n_points`` points from a features table.
+
+    ``features`` is a Points layer's ``features`` (a pandas DataFrame) or any mapping of
+    column name to values, possibly ``None``/empty; missing columns take the defaults
+    (positive True, obj_id 1). String values such as ``"True"``/``"false"``/``"1.0"`` are
+    understood, so tables read from CSV work as well.
+    """
+    columns = {}
+    if features is not None:
+        names = list(features.keys()) if hasattr(features, "keys") else list(features)
+        for name in names:
+            columns[str(name)] = np.asarray(features[name])
+    for name, col in columns.items():
+        if name in ("obj_id", "positive", "label") and len(col) != n_points:
+            raise ValueError(f"feature column {name!r} has {len(col)} rows for {n_points} points")
+    positive = np.ones(n_points, dtype=bool)
+    if "positive" in columns:
+        positive = np.array([_as_bool(v, i, "positive") for i, v in enumerate(columns["positive"])],
+                            dtype=bool)
+    elif "label" in columns:
+        positive = np.array([_as_label(v, i) for i, v in enumerate(columns["label"])], dtype=bool)
+    obj_ids = np.ones(n_points, dtype=np.int64)
+    if "obj_id" in columns:
+        obj_ids = np.array(
+            [_integer(_number(v, i, "obj_id"), f"obj_id of point {i}", 1)
+             for i, v in enumerate(columns["obj_id"])],
+            dtype=np.int64,
+        )
+    return positive, obj_ids
+
+
+def _number(value: Any, row: int, column: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"point {row}: {column} must be a number, got {value!r}") from None
+
+
+def _as_bool(value: Any, row: int, column: str) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"point {row}: {column} must be True/False (or 1/0), got {value!r}")
+
+
+def _as_label(value: Any, row: int) -> bool:
+    text = str(value).strip().lower()
+    if text in ("1", "1.0", "true"):
+        return True
+    if text in ("0", "0.0", "false"):
+        return False
+    raise ValueError(f"point {row}: label must be 1 (positive) or 0 (negative), got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+def _read_table(path: str | os.PathLike, kind: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a CSV file; ValueError with the file name for malformed files."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{kind} file {path} does not exist")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text CSV file") from None
+    except csv.Error as err:
+        raise ValueError(f"{path} is not a valid CSV file: {err}") from None
+    if not rows:
+        raise ValueError(f"{path} is empty; expected a napari {kind} CSV with a header row")
+    header = [cell.strip() for cell in rows[0]]
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise ValueError(
+                f"{path}, row {line}: {len(row)} values for {len(header)} columns "
+                f"({', '.join(header)})"
+            )
+    return header, rows[1:]
+
+
+def _axis_columns(header: list[str], path: str | os.PathLike, kind: str) -> list[int]:
+    found = {}
+    for i, name in enumerate(header):
+        if name.startswith("axis-"):
+            suffix = name[len("axis-"):]
+            if not suffix.isdigit():
+                raise ValueError(f"{path}: unexpected column {name!r}; axis columns are axis-0, …")
+            found[int(suffix)] = i
+    if len(found) < 2:
+        raise ValueError(
+            f"{path} has no axis-0, axis-1, … coordinate columns (columns: {', '.join(header)}); "
+            f"expected a CSV saved from a napari {kind} layer"
+        )
+    if sorted(found) != list(range(len(found))):
+        raise ValueError(f"{path}: axis columns must be axis-0 … axis-{len(found) - 1} without gaps")
+    return [found[k] for k in range(len(found))]
+
+
+def _float_rows(rows: list[list[str]], cols: list[int], path: Any, what: str) -> np.ndarray:
+    out = np.empty((len(rows), len(cols)), dtype=np.float64)
+    for r, row in enumerate(rows):
+        for c, col in enumerate(cols):
+            text = row[col].strip()
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError(
+                    f"{path}, row {r + 2}: axis-{c} of {what} {r} is not a number: {text!r}"
+                ) from None
+            if not math.isfinite(value):
+                raise ValueError(f"{path}, row {r + 2}: axis-{c} of {what} {r} is {text}")
+            out[r, c] = value
+    return out
+
+
+def read_points_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read a CSV written by napari's Points layer "Save" (or in the same layout).
+
+    Columns: ``index`` (ignored), ``axis-0``, ``axis-1``, … (the coordinates, data order) and
+    any feature columns, of which ``obj_id`` and ``positive`` (or ``label``) are used -- see the
+    module docstring. napari writes booleans as ``1.0``/``0.0`` (or ``True``/``False`` when a
+    table mixes in text); both are read.
+
+    Returns:
+        ``(coords, positive, obj_ids)``: ``N×D`` float64 coordinates in data order, ``N``
+        bools, ``N`` int64 object ids.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: malformed CSV, no ``axis-*`` columns, a Shapes CSV, a non-numeric or
+            NaN coordinate, or an invalid ``obj_id``/``positive``/``label`` value; the
+            message names the file and row.
+    """
+    header, rows = _read_table(path, "Points")
+    if "shape-type" in header or "vertex-index" in header:
+        raise ValueError(
+            f"{path} is a napari Shapes CSV (it has shape-type/vertex-index columns), not Points"
+        )
+    cols = _axis_columns(header, path, "Points")
+    coords = _float_rows(rows, cols, path, "point")
+    features = {
+        name: [row[i].strip() for row in rows]
+        for i, name in enumerate(header)
+        if name in ("obj_id", "positive", "label")
+    }
+    try:
+        positive, obj_ids = point_features(features, len(rows))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return coords, positive, obj_ids
+
+
+def read_shapes_csv(path: str | os.PathLike) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """Read rectangles from a CSV written by napari's Shapes layer "Save".
+
+    Columns: ``index`` (shape number), ``shape-type``, ``vertex-index``, ``axis-0``, … and,
+    optionally (not written by napari), ``obj_id``, constant within a shape.
+
+    Returns:
+        ``(rectangles, obj_ids)``: a list of ``4×D`` float64 vertex arrays in data order, and
+        one object id per rectangle or ``None`` if the file has no ``obj_id`` column.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: malformed CSV, a shape other than a rectangle (ellipse, polygon, path,
+            line), a rectangle without 4 vertices, non-numeric or NaN coordinates.
+    """
+    header, rows = _read_table(path, "Shapes")
+    missing = [c for c in ("index", "shape-type") if c not in header]
+    if missing:
+        raise ValueError(
+            f"{path} has no {'/'.join(missing)} column; expected a CSV saved from a napari "
+            f"Shapes layer (columns index, shape-type, vertex-index, axis-0, …)"
+        )
+    cols = _axis_columns(header, path, "Shapes")
+    coords = _float_rows(rows, cols, path, "vertex")
+    i_index, i_type = header.index("index"), header.index("shape-type")
+    i_obj = header.index("obj_id") if "obj_id" in header else None
+    groups: list[tuple[str, str, list[int]]] = []
+    for r, row in enumerate(rows):
+        index = row[i_index].strip()
+        if not groups or groups[-1][0] != index:
+            groups.append((index, row[i_type].strip().lower(), []))
+        groups[-1][2].append(r)
+    rectangles, obj_ids = [], []
+    for n, (index, shape_type, members) in enumerate(groups):
+        if shape_type != "rectangle":
+            raise ValueError(
+                f"{path}: shape {index} is a {shape_type or 'shape of unknown type'}; only "
+                "rectangles can be used as box prompts (draw boxes with the rectangle tool)"
+            )
+        if len(members) != 4:
+            raise ValueError(f"{path}: rectangle {index} has {len(members)} vertices, expected 4")
+        rectangles.append(coords[members])
+        if i_obj is not None:
+            values = {rows[r][i_obj].strip() for r in members}
+            if len(values) != 1:
+                raise ValueError(f"{path}: rectangle {index} has several obj_id values {values}")
+            value = values.pop()
+            try:
+                obj_ids.append(_integer(float(value), f"obj_id of rectangle {index}", 1))
+            except ValueError as err:
+                raise ValueError(f"{path}: {err} (got {value!r})") from None
+    return rectangles, (np.array(obj_ids, dtype=np.int64) if i_obj is not None else None)
+
+
+# ---------------------------------------------------------------------------------------------
+def validate_prompts(
+    prompts: Iterable[FramePrompt], num_frames: int, height: int, width: int
+) -> list[FramePrompt]:
+    """Check prompts against a ``num_frames × height × width`` stack; return them fitted.
+
+    A point must lie on the image as napari shows it (``-0.5 <= x < width - 0.5``, same for
+    ``y``); it is clamped into ``[0, width - 1] × [0, height - 1]``. A box is clipped to
+    ``[0, width] × [0, height]`` and must keep a part inside. The frame must be in
+    ``0 .. num_frames - 1``.
+
+    Raises:
+        ValueError: naming the offending point (``(x, y)``) or box, object and frame.
+    """
+    out = []
+    for p in prompts:
+        where = f"object {p.obj_id} on frame {p.frame_idx}"
+        if not 0 <= p.frame_idx < num_frames:
+            what = (
+                f"point (x, y) = {tuple(np.round(p.points[0], 2).tolist())}"
+                if p.points is not None else f"box {np.round(p.box, 2).tolist()}"
+            )
+            raise ValueError(
+                f"{what} of object {p.obj_id} is on frame {p.frame_idx}, outside the stack "
+                f"(frames 0..{num_frames - 1})"
+            )
+        points = p.points
+        if points is not None:
+            inside = (
+                (points[:, 0] >= -0.5) & (points[:, 0] < width - 0.5)
+                & (points[:, 1] >= -0.5) & (points[:, 1] < height - 0.5)
+            )
+            if not inside.all():
+                x, y = points[int(np.argmin(inside))].tolist()
+                raise ValueError(
+                    f"point (x, y) = ({x:g}, {y:g}) of {where} is outside the image "
+                    f"({width} × {height} pixels)"
+                )
+            points = np.clip(points, 0, [width - 1, height - 1])
+        box = p.box
+        if box is not None:
+            if box[2] <= box[0] or box[3] <= box[1]:
+                raise ValueError(f"box {np.round(box, 2).tolist()} of {where} has no area")
+            clipped = np.clip(box, 0, [width, height, width, height])
+            if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+                raise ValueError(
+                    f"box {np.round(box, 2).tolist()} (x0, y0, x1, y1) of {where} lies outside "
+                    f"the image ({width} × {height} pixels)"
+                )
+            box = clipped
+        out.append(FramePrompt(p.frame_idx, p.obj_id, points, p.labels, box))
+    return out
