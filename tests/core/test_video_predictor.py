@@ -240,12 +240,10 @@ def test_parity_image_size_1024(video_pair):
     ref, ours = video_pair("sam2.1_hiera_t", 1024)
     frames = make_frames(3, 1024, 1024)
     rs, st = ref_init_state(ref, frames), ours.init_state(frames)
-    for r, o in [
-        (ref.add_new_points_or_box(rs, 0, 1, points=click(0, 0, 1024, 1024), labels=[1]),
-         ours.add_new_points_or_box(st, 0, 1, points=click(0, 0, 1024, 1024), labels=[1])),
-        *zip(ref.propagate_in_video(rs), ours.propagate_in_video(st)),
-    ]:
-        compare("sam2.1_hiera_t 1024", r, o)
+    pts = click(0, 0, 1024, 1024)
+    compare("sam2.1_hiera_t 1024", ref.add_new_points_or_box(rs, 0, 1, points=pts, labels=[1]),
+            ours.add_new_points_or_box(st, 0, 1, points=pts, labels=[1]))
+    compare_runs("sam2.1_hiera_t 1024", ref.propagate_in_video(rs), ours.propagate_in_video(st))
     st.close()
 
 

@@ -1,0 +1,224 @@
+"""Video predictor speed and memory, ours against the reference SAM 2 on the same random weights.
+
+    python benchmarks/video_predictor.py [--config sam2.1_hiera_t] [--image-size 1024]
+        [--frames 16] [--objects 1 4] [--long-frames 300] [--long-image-size 256]
+        [--skip-speed] [--skip-rss] [--no-reference-rss]
+
+1. Speed: seconds per frame of ``propagate_in_video`` over ``--frames`` synthetic frames with
+   1 and 4 clicked objects (frame reading, preprocessing, encoding and tracking; both
+   predictors read frames lazily here, hole filling off on both), and the largest logit
+   difference between the two.
+2. Memory: resident memory (RSS) while tracking one object through ``--long-frames`` frames, in
+   a fresh process per predictor. Our frames come from a lazy array-like (as from a TIFF on
+   disk); the reference is fed the way its loader works, all frames preloaded as float32 at the
+   model size. Printed: RSS growth per frame (slope over the second half) and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from unittest import mock
+
+import numpy as np
+import torch
+from _common import describe_machine, print_table
+
+
+class SyntheticStack:
+    """Lazy ``T×H×W×3`` uint8 stack: a moving disc on noise, each frame made when read."""
+
+    def __init__(self, n: int, size: int) -> None:
+        self.shape, self.dtype, self.size = (n, size, size, 3), np.dtype(np.uint8), size
+
+    def frame(self, t: int) -> np.ndarray:
+        s = self.size
+        img = np.random.default_rng(t).integers(0, 40, (s, s, 3), dtype=np.uint8)
+        yy, xx = np.ogrid[:s, :s]
+        cx, cy, r = s * (0.3 + 0.4 * ((t % 50) / 50)), s * 0.5, s * 0.1
+        img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = (220, 60, 60)
+        return img
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        return self.frame(int(key[0]))[key[1:]]
+
+
+def clicks(n_objects: int, size: int) -> list[list[float]]:
+    return [[size * (0.2 + 0.6 * i / max(n_objects - 1, 1)), size * 0.5] for i in range(n_objects)]
+
+
+def build(config: str, image_size: int, which: str = "both", seed: int = 0):
+    """(reference video predictor, our predictor) on the same random weights; ``which`` =
+    ``"ours"`` / ``"reference"`` builds only that one (the other is ``None``)."""
+    from sam2.build_sam import build_sam2_video_predictor
+
+    from napari_sam2.core.video_predictor import SAM2VideoPredictor
+    from napari_sam2.models.build import build_model
+
+    folder = "sam2.1" if config.startswith("sam2.1") else "sam2"
+    torch.manual_seed(seed)
+    ref = ours = None
+    if which != "ours":
+        ref = build_sam2_video_predictor(
+            f"configs/{folder}/{config}.yaml", ckpt_path=None, device="cpu",
+            hydra_overrides_extra=[f"++model.image_size={image_size}"],
+        ).eval()
+        ref.fill_hole_area = 0  # its hole filling needs a CUDA extension; compare the same work
+    if which != "reference":
+        model = build_model(config, image_size=image_size, video=True)
+        if ref is not None:
+            model.load_state_dict(ref.state_dict(), strict=True)
+        ours = SAM2VideoPredictor(model.eval(), fill_hole_area=0)
+    return ref, ours
+
+
+def reference_loader(stack: SyntheticStack, image_size: int, preload: bool):
+    """Replacement for the reference's frame loader: preloaded float32 frames (as its JPEG
+    loader) or a lazy sequence."""
+    import sam2.sam2_video_predictor as svp
+
+    from napari_sam2.core.transforms import image_to_tensor
+
+    class Lazy:
+        def __len__(self):
+            return stack.shape[0]
+
+        def __getitem__(self, t):
+            return image_to_tensor(stack.frame(t), image_size)
+
+    def load(**kwargs):
+        frames = Lazy()
+        if preload:
+            frames = torch.stack([frames[t] for t in range(len(frames))])
+        return frames, stack.shape[1], stack.shape[2]
+
+    return mock.patch.object(svp, "load_video_frames", load)
+
+
+def speed(args) -> None:
+    import sam2.sam2_video_predictor as svp
+
+    ref, ours = build(args.config, args.image_size)
+    stack = SyntheticStack(args.frames, args.image_size)
+    rows, max_diff = [], 0.0
+    with mock.patch.object(svp, "tqdm", lambda it, **kw: it), torch.inference_mode():
+        for n_obj in args.objects:
+            times, outputs = {}, {}
+            for name, predictor in (("ours", ours), ("reference", ref)):
+                if name == "ours":
+                    state = predictor.init_state(stack)
+                else:
+                    with reference_loader(stack, args.image_size, preload=False):
+                        state = predictor.init_state("unused")
+                for i, xy in enumerate(clicks(n_obj, args.image_size)):
+                    predictor.add_new_points_or_box(state, 0, i + 1, points=[xy], labels=[1])
+                start = time.perf_counter()
+                outputs[name] = [m for _, _, m in predictor.propagate_in_video(state)]
+                times[name] = (time.perf_counter() - start) / args.frames
+                if name == "ours":
+                    state.close()
+            max_diff = max(
+                max_diff,
+                max((a - b).abs().max().item() for a, b in zip(outputs["ours"], outputs["reference"])),
+            )
+            rows.append((f"propagate, {n_obj} object(s), s/frame", times["ours"], times["reference"]))
+    print(f"\n{args.config} at image_size {args.image_size}, {args.frames} frames; "
+          f"{describe_machine()}")
+    print_table(rows)
+    print(f"max |logit| difference ours vs reference: {max_diff:.2e}")
+
+
+def rss_mib(field: str = "VmRSS") -> float:
+    """Resident memory of this process (``VmRSS``), or its peak (``VmHWM``), in MiB (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def rss_worker(which: str, config: str, image_size: int, n: int) -> dict:
+    """Track one object through ``n`` frames; RSS samples (MiB) every 10 frames."""
+    import sam2.sam2_video_predictor as svp
+
+    ref, ours = build(config, image_size, which)
+    predictor = ours if which == "ours" else ref
+    stack = SyntheticStack(n, image_size)
+    samples = []
+    with mock.patch.object(svp, "tqdm", lambda it, **kw: it), torch.inference_mode():
+        before = rss_mib()
+        if which == "ours":
+            state = predictor.init_state(stack)
+        else:
+            with reference_loader(stack, image_size, preload=True):
+                state = predictor.init_state("unused")
+        predictor.add_new_points_or_box(state, 0, 1, points=clicks(1, image_size), labels=[1])
+        start = time.perf_counter()
+        for t, _, _ in predictor.propagate_in_video(state):
+            if t % 10 == 0 or t == n - 1:
+                samples.append((t, rss_mib()))
+        elapsed = time.perf_counter() - start
+    half = [s for s in samples if s[0] >= n // 2]
+    slope = np.polyfit([t for t, _ in half], [r for _, r in half], 1)[0] if len(half) > 1 else 0.0
+    return {
+        "which": which, "before_state_mib": before, "after_prompt_mib": samples[0][1],
+        "end_mib": samples[-1][1], "growth_kib_per_frame": slope * 1024,
+        "peak_mib": rss_mib("VmHWM"),  # ru_maxrss would include the parent's, inherited
+        "s_per_frame": elapsed / n,
+        "spilled": getattr(getattr(state, "frame_store", None), "spilled_count", lambda: None)(),
+    }
+
+
+def memory(args) -> None:
+    results = {}
+    for which in ("ours", "reference") if args.reference_rss else ("ours",):
+        cmd = [sys.executable, __file__, "--rss-worker", which, "--config", args.config,
+               "--long-image-size", str(args.long_image_size), "--long-frames",
+               str(args.long_frames)] + ([f"--threads={args.threads}"] if args.threads else [])
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        results[which] = json.loads(out.strip().splitlines()[-1])
+    print(f"\nOne object through {args.long_frames} frames at image_size "
+          f"{args.long_image_size} ({args.config}), a fresh process each:")
+    print("| predictor | RSS after prompt (MiB) | RSS at end (MiB) | growth (KiB/frame) | "
+          "peak RSS (MiB) | s/frame |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for which, r in results.items():
+        print(f"| {which} | {r['after_prompt_mib']:.0f} | {r['end_mib']:.0f} | "
+              f"{r['growth_kib_per_frame']:.1f} | {r['peak_mib']:.0f} | {r['s_per_frame']:.3f} |")
+    if "ours" in results:
+        print(f"ours: {results['ours']['spilled']} results spilled to disk")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="sam2.1_hiera_t")
+    parser.add_argument("--image-size", type=int, default=1024)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--objects", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--long-frames", type=int, default=300)
+    parser.add_argument("--long-image-size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-rss", action="store_true")
+    parser.add_argument("--no-reference-rss", dest="reference_rss", action="store_false")
+    parser.add_argument("--rss-worker", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.rss_worker:
+        result = rss_worker(args.rss_worker, args.config, args.long_image_size, args.long_frames)
+        print(json.dumps(result))
+        return
+    if not args.skip_speed:
+        speed(args)
+    if not args.skip_rss:
+        memory(args)
+
+
+if __name__ == "__main__":
+    main()
