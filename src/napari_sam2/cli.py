@@ -27,21 +27,18 @@ import contextlib
 import os
 import signal
 import sys
-import tempfile
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from ._cli_output import AtomicOutput, UsageError, write_tiff
 
 PROG = "napari-sam2"
 #: Set to 1 to make ``napari-sam2 demo`` build the viewer and return without the event loop.
 DEMO_NO_RUN_ENV = "NAPARI_SAM2_DEMO_NO_RUN"
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
-
-
-class UsageError(Exception):
-    """Bad usage or input (missing file, malformed CSV, ...): exit status 2."""
 
 
 class _Terminated(BaseException):
@@ -81,68 +78,6 @@ def _existing_file(path: str, what: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-class AtomicOutput:
-    """A temporary file next to ``path``, renamed onto ``path`` by :meth:`commit`.
-
-    Created at once, so an unwritable destination fails before any work is done; removed by
-    :meth:`discard` (called on every error path).
-    """
-
-    def __init__(self, path: str | os.PathLike, overwrite: bool = False) -> None:
-        self.path = Path(path)
-        if self.path.suffix.lower() not in (".tif", ".tiff"):
-            raise UsageError(f"output {self.path} must be a .tif or .tiff file")
-        if self.path.is_dir():
-            raise UsageError(f"output {self.path} is a directory")
-        if self.path.exists() and not overwrite:
-            raise UsageError(f"output {self.path} already exists; pass --overwrite to replace it")
-        parent = self.path.parent
-        if parent.exists() and not parent.is_dir():
-            raise UsageError(f"cannot write {self.path}: {parent} is not a directory")
-        if not parent.is_dir():
-            raise UsageError(f"cannot write {self.path}: directory {parent} does not exist")
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=parent)
-        except OSError as err:
-            raise UsageError(f"cannot write {self.path}: {err.strerror or err}") from err
-        os.close(fd)
-        self.tmp: Path | None = Path(tmp)
-
-    def commit(self) -> None:
-        assert self.tmp is not None
-        os.chmod(self.tmp, 0o666 & ~_umask())
-        os.replace(self.tmp, self.path)
-        self.tmp = None
-
-    def discard(self) -> None:
-        if self.tmp is not None:
-            with contextlib.suppress(OSError):
-                self.tmp.unlink()
-            self.tmp = None
-
-    def __enter__(self) -> AtomicOutput:
-        return self
-
-    def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        if exc_type is not None:
-            self.discard()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _write_tiff(tmp: Path, labels: Any, axes: str) -> None:
-    import numpy as np
-    import tifffile
-
-    imagej = labels.dtype in (np.uint8, np.uint16)
-    tifffile.imwrite(tmp, labels, imagej=imagej, photometric="minisblack",
-                     metadata={"axes": axes})
-
-
 # ---------------------------------------------------------------------------------------------
 def _check_model(name: str) -> None:
     from .models.checkpoints import _ALIASES, REGISTRY
@@ -213,9 +148,8 @@ def _parse_position(items: list[str] | None) -> dict[int, int] | None:
 
 
 def _read_prompts(args: argparse.Namespace, frame_axis: int | None) -> list:
-    from .core.annotations import (
-        merge_prompts, prompts_from_boxes, prompts_from_points, read_points_csv, read_shapes_csv,
-    )
+    from .core.annotations import merge_prompts, prompts_from_boxes, prompts_from_points
+    from .core.napari_csv import read_points_csv, read_shapes_csv
 
     groups = []
     if args.points:
@@ -394,7 +328,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             )
         else:
             labels = _segment_prompts(model, rgb, prompts)
-        _write_tiff(output.tmp, labels, "YX")
+        write_tiff(output.tmp, labels, "YX")
         output.commit()
     _say(f"wrote {args.out} ({int(len(np.unique(labels)) - 1)} objects)")
     return EXIT_OK

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from napari_sam2.core.napari_csv import read_points_csv, read_shapes_csv
 from napari_sam2.core.annotations import (
     FramePrompt,
     merge_prompts,
@@ -17,8 +18,6 @@ from napari_sam2.core.annotations import (
     prompts_from_boxes,
     prompts_from_dict,
     prompts_from_points,
-    read_points_csv,
-    read_shapes_csv,
     validate_prompts,
 )
 
