@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention_kernels import attend_then_project
 from .position_encoding import apply_rope, axial_rope_tables
 
 __all__ = ["Attention", "RoPEAttention"]
@@ -111,9 +112,11 @@ class RoPEAttention(Attention):
         v: torch.Tensor,
         num_k_exclude_rope: int = 0,
     ) -> torch.Tensor:
+        late_values = self._mix_before_value_projection(v)
         q = self._split_heads(self.q_proj(q))
         k = self._split_heads(self.k_proj(k))
-        v = self._split_heads(self.v_proj(v))
+        if not late_values:
+            v = self._split_heads(self.v_proj(v))
 
         cos, sin = self._rope(q.shape[-2], q.device)
         if q.shape[-2] != k.shape[-2] and not self.rope_k_repeat:
@@ -122,4 +125,17 @@ class RoPEAttention(Attention):
         num_k_rope = k.shape[-2] - num_k_exclude_rope
         if num_k_rope > 0:
             k = torch.cat((apply_rope(k[:, :, :num_k_rope], cos, sin), k[:, :, num_k_rope:]), dim=2)
+        if late_values:
+            out = attend_then_project(q, k, v, self.v_proj.weight, self.v_proj.bias)
+            return self.out_proj(self._merge_heads(out))
         return self._attend(q, k, v)
+
+    def _mix_before_value_projection(self, v: torch.Tensor) -> bool:
+        """Whether to weight the narrow value tokens first and project them afterwards (see
+        :mod:`~napari_sam2.models.attention_kernels`): on the CPU, in eval mode, when the
+        tokens are narrower than a head (memory attention's 64-channel memories)."""
+        return (
+            v.device.type == "cpu"
+            and not (self.training and self.dropout_p > 0)
+            and self.kv_in_dim < self._head_dim
+        )

@@ -204,12 +204,18 @@ def build_model(
     postprocessing: bool = True,
     video: bool = False,
     device: str | torch.device = "cpu",
+    precision: str = "fast",
 ) -> SAM2Base:
     """Instantiate an (untrained) SAM 2 network from a config; see :func:`load_config`.
 
     ``device="meta"`` builds it without allocating weights (for inspecting keys and shapes).
-    The model is returned in eval mode.
+    ``precision`` is one of ``"fp32"``, ``"fast"``, ``"bf16"``
+    (see :mod:`napari_sam2.models.precision`). The model is returned in eval mode.
     """
+    from .precision import PRECISIONS, set_precision
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
     import torch
     from hydra.utils import instantiate
 
@@ -219,4 +225,4 @@ def build_model(
             model = instantiate(cfg, _recursive_=True, _convert_="all")
     except Exception as err:
         raise ConfigError(f"Could not build the network from {config}: {err}") from err
-    return model.eval()
+    return set_precision(model.eval(), precision)

@@ -241,6 +241,7 @@ def load_model(
     video: bool = False,
     postprocessing: bool = True,
     progress: bool = True,
+    precision: str = "fast",
 ) -> SAM2Base:
     """Build the network and load weights into it, in eval mode on ``device``.
 
@@ -251,6 +252,9 @@ def load_model(
             name, or the one inferred from the file's weights.
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda:0"``...
         image_size, video, postprocessing: passed to :func:`napari_sam2.models.build.build_model`.
+        precision: ``"fast"`` (float32 results, bfloat16 units where that keeps float32
+            accuracy), ``"fp32"`` (strict) or ``"bf16"`` (opt-in, faster, ~1 % error); see
+            :mod:`napari_sam2.models.precision`.
     """
     key = _ALIASES.get(str(name_or_path), str(name_or_path))
     dev = resolve_device(device)  # fail fast, before any download
@@ -272,6 +276,8 @@ def load_model(
             resolve_config(config)
         except ConfigError as err:
             raise CheckpointError(str(err)) from None
-    model = build_model(config, image_size=image_size, postprocessing=postprocessing, video=video)
+    model = build_model(
+        config, image_size=image_size, postprocessing=postprocessing, video=video, precision=precision
+    )
     load_state_dict_strict(model, state_dict, str(config))
     return model.to(dev)
