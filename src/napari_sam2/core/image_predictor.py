@@ -321,8 +321,10 @@ class SAM2ImagePredictor:
             prompts, orig_hw, self.device
         )
         masks, ious, low_res = self._predict(
-            coords, labels, boxes, masks_in, multimask_output, return_logits, img_idx
+            coords, labels, boxes, masks_in, multimask_output, True, img_idx
         )
+        if not return_logits:  # 0./1. in place: numpy callers get float masks anyway
+            masks = masks.gt_(self.mask_threshold)
         return tuple(  # type: ignore[return-value]
             t.squeeze(0).float().cpu().numpy() for t in (masks, ious, low_res)
         )

@@ -15,6 +15,8 @@ predictor) and encoded one at a time; the features of the last few frames stay i
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Hashable
@@ -25,12 +27,28 @@ import torch.nn.functional as F
 from ..models.postprocessing import fill_holes_in_mask_scores
 from ..models.sam2 import NO_OBJ_SCORE
 from .transforms import check_image, image_to_tensor
+from .video_prompts import check_frame_idx
 from .video_state import FORWARD, REVERSE, FrameOutput, ObjectState, VideoInferenceState
 
 if TYPE_CHECKING:
     from ..models.sam2 import SAM2Base
 
-__all__ = ["FrameFeatures", "VideoInferenceBase"]
+__all__ = ["FrameFeatures", "VideoInferenceBase", "frame_read_lock"]
+
+
+# One lock per frame source (kept as long as the source lives): readers such as tifffile
+# handles are not thread-safe, and the pre-encoder reads frames from its own thread.
+_READ_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_READ_LOCKS_GUARD = threading.Lock()
+
+
+def frame_read_lock(frames: Any) -> threading.Lock:
+    """The lock serialising reads of ``frames`` (created on first use)."""
+    with _READ_LOCKS_GUARD:
+        lock = _READ_LOCKS.get(frames)
+        if lock is None:
+            lock = _READ_LOCKS[frames] = threading.Lock()
+        return lock
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,16 +81,38 @@ class VideoInferenceBase:
 
     # ------------------------------------------------------------------ features
     def _encode_frame(self, state: VideoInferenceState, frame_idx: int) -> FrameFeatures:
-        """Features of one frame, from the cache or by reading and encoding the frame."""
-        feats = state.feature_cache.get(frame_idx)
-        if feats is None:
-            image = check_image(state.frames.read(frame_idx), f"frame {frame_idx}")
+        """Features of one frame, from the cache or by reading and encoding the frame.
+
+        Thread-safe: reads of one frame source are serialised (see :func:`frame_read_lock`),
+        and if another thread (the background pre-encoder) is encoding this frame now, this
+        waits for its result instead of encoding the frame a second time.
+        """
+
+        def compute() -> FrameFeatures:
+            with frame_read_lock(state.frames):
+                frame = state.frames.read(frame_idx)
+            image = check_image(frame, f"frame {frame_idx}")
             dtype = next(self.model.parameters()).dtype
             x = image_to_tensor(image, self.model.image_size, state.device)[None].to(dtype)
             out = self.model.forward_image(x)
-            feats = FrameFeatures(tuple(out["backbone_fpn"]), tuple(out["vision_pos_enc"]))
-            state.feature_cache.put(frame_idx, feats)
-        return feats
+            return FrameFeatures(tuple(out["backbone_fpn"]), tuple(out["vision_pos_enc"]))
+
+        return state.feature_cache.get_or_compute(frame_idx, compute)
+
+    def encode_frame(self, inference_state: VideoInferenceState, frame_idx: int) -> None:
+        """Encode one frame into the state's feature cache now, unless it is cached already
+        (e.g. ahead of a click; see :class:`~napari_sam2.core.pre_encoder.PreEncoder`).
+
+        Safe to call from another thread than the one adding prompts or propagating.
+
+        Raises:
+            IndexError: ``frame_idx`` outside ``[0, num_frames)``.
+            FrameReadError: the frame could not be read.
+        """
+        state = self._check_state(inference_state)
+        frame_idx = check_frame_idx(frame_idx, state.num_frames)
+        with torch.inference_mode():
+            self._encode_frame(state, frame_idx)
 
     def _get_image_feature(
         self, state: VideoInferenceState, frame_idx: int, batch_size: int = 1

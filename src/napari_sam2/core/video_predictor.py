@@ -30,7 +30,9 @@ with the same arguments and return shapes, and gives the same numbers. Differenc
   the first iteration); the memory encoding of new prompts still happens on the first step.
 
 A state is not meant to be used from several threads at once: run one call (or one
-propagation) at a time, e.g. stop iterating a propagation before adding prompts.
+propagation) at a time, e.g. stop iterating a propagation before adding prompts. The one
+exception is :meth:`encode_frame`, which a background
+:class:`~napari_sam2.core.pre_encoder.PreEncoder` may call while the user's thread works.
 """
 
 from __future__ import annotations

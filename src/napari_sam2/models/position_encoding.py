@@ -110,7 +110,22 @@ class PositionEmbeddingRandom(nn.Module):
         return torch.cat((proj.sin(), proj.cos()), dim=-1)
 
     def forward(self, size: tuple[int, int]) -> torch.Tensor:
-        """Dense encoding of an ``H×W`` grid at pixel centres, shape ``C×H×W``."""
+        """Dense encoding of an ``H×W`` grid at pixel centres, shape ``C×H×W``.
+
+        Without gradients the result is cached per size (until the matrix changes); treat it
+        as read-only.
+        """
+        matrix = self.positional_encoding_gaussian_matrix
+        if torch.is_grad_enabled():
+            return self._dense(size)
+        key = (tuple(int(v) for v in size), matrix.device, matrix.data_ptr(), matrix._version)
+        cached = getattr(self, "_dense_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, self._dense(size))
+            self._dense_cache = cached
+        return cached[1]
+
+    def _dense(self, size: tuple[int, int]) -> torch.Tensor:
         h, w = size
         device = self.positional_encoding_gaussian_matrix.device
         ys = (torch.arange(h, dtype=torch.float32, device=device) + 0.5) / h

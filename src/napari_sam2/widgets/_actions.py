@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.video_inference import frame_read_lock
 from ._labels_writer import LabelsWriter, check_label_values
 from ._layers import spatial_shape
 from ._runs import PropagationRun
@@ -151,7 +152,8 @@ class ActionsMixin:
         if session is None:
             raise RuntimeError("The prompts are being updated; try again in a moment.")
         frame_idx = self.current_frame()
-        frame = session.frames.read(frame_idx)
+        with frame_read_lock(session.frames):  # the pre-encoder may be reading too
+            frame = session.frames.read(frame_idx)
         options = {"points_per_side": self._points_per_side(), **options}
         worker = everything_worker(self._model, frame, options)
         placement = self._geometry.placement

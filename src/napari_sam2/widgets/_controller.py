@@ -49,6 +49,7 @@ class WidgetController:
         self._shown_errors: set[str] = set()
         self._hinted = False
         self._status_text = "no model loaded"
+        self._precision = "fast"
         self._jobs = JobQueue(self._next_prediction, self)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ public state
@@ -106,6 +107,44 @@ class WidgetController:
             self._activate()
 
     @property
+    def precision(self) -> str:
+        """How the model computes: ``"fast"`` (float32 results; default), ``"fp32"`` (strict
+        float32) or ``"bf16"`` (faster, approximate); see :mod:`napari_sam2.models.precision`.
+
+        Applies to the loaded model and to models loaded later. Refused while a propagation
+        runs; while another job runs, it is applied as soon as the jobs are done. Cached image
+        features are dropped, so every mask is computed under one precision.
+        """
+        return self._precision
+
+    @precision.setter
+    def precision(self, mode: str) -> None:
+        from ..models.precision import PRECISIONS
+
+        if mode not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {mode!r}.")
+        if mode == self._precision:
+            return
+        self._require_idle("change the precision")
+        self._precision = mode
+        self._show_precision(mode)
+        if not self._jobs.busy:
+            self._apply_precision()
+
+    def _apply_precision(self) -> None:
+        """Give the loaded model the chosen precision (no job may be running)."""
+        model = self._model
+        if model is None or getattr(model, "precision", None) == self._precision:
+            return
+        from ..models.precision import set_precision
+
+        self._close_pre_encoder()  # no forward pass may run while the hooks change
+        set_precision(model, self._precision)
+        if self._session is not None:
+            self._session.state.feature_cache.clear()  # computed under the old precision
+        self._refresh_pre_encoder()
+
+    @property
     def labels_layer(self) -> Any:
         """The output Labels layer (created over the image when first needed)."""
         return self._labels
@@ -157,6 +196,9 @@ class WidgetController:
             self._report("Could not load the model", model.error)
             return
         self._drop_session()
+        from ..models.precision import set_precision
+
+        set_precision(model, self._precision)
         # A click on any frame, including a tracked one, makes it a conditioning frame: the
         # correction is then kept when the object is propagated again.
         self._model = model
@@ -208,6 +250,7 @@ class WidgetController:
         self._drop_session()
 
     def _drop_session(self) -> None:
+        self._close_pre_encoder()
         session, self._session, self._session_key = self._session, None, None
         self._pending = {}
         if session is not None:
@@ -280,6 +323,7 @@ class WidgetController:
             self._shown_errors.clear()
         self._pending.update(changes)
         self._jobs.poke()
+        self._refresh_pre_encoder()
         return session
 
     def _notify_once(self, message: str) -> None:

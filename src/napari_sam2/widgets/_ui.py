@@ -17,6 +17,12 @@ NEW_LABELS = "new labels layer"
 INFER_CONFIG = "inferred from the file"
 IMAGE_SIZES = ("1024", "512", "256")
 NORMALIZATIONS = ("image contrast limits", "automatic (percentiles)")
+# (shown text, mode of napari_sam2.models.precision.set_precision)
+PRECISIONS = (
+    ("fast float32", "fast"),
+    ("strict float32", "fp32"),
+    ("bfloat16 (faster, approximate)", "bf16"),
+)
 MAX_LABEL = 2**31 - 1
 
 HELP = (
@@ -90,9 +96,22 @@ class Controls:
         self.points_per_side = QSpinBox()
         self.points_per_side.setRange(2, 64)
         self.points_per_side.setValue(32)
+        self.precision = QComboBox()
+        for text, mode in PRECISIONS:
+            self.precision.addItem(text, mode)
+        self.precision.setToolTip(
+            "fast float32: float32 results, using bfloat16 units where the CPU keeps float32 "
+            "accuracy. strict float32: the reference numbers. bfloat16: faster, masks may "
+            "differ by a few edge pixels."
+        )
+        self.pre_encode = QCheckBox("Pre-encode neighbouring slices")
+        self.pre_encode.setToolTip("While you look at a slice, encode it and the slices "
+                                   "next to it in the background, so clicks there are quick.")
         adv.addRow("image size", self.image_size)
         adv.addRow("checkpoint config", self.config)
         adv.addRow("contrast", self.normalization)
+        adv.addRow("precision", self.precision)
+        adv.addRow(self.pre_encode)
         adv.addRow("everything: points per side", self.points_per_side)
         form.addRow(self.advanced_box)
         self.advanced_box.setVisible(False)

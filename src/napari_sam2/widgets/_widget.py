@@ -29,6 +29,7 @@ from ._actions import ActionsMixin
 from ._controller import WidgetController
 from ._ui import CHECKPOINT_FILE, INFER_CONFIG, NEW_LABELS, Controls
 from ._layers import spatial_shape
+from ._pre_encoding import PreEncodingMixin
 
 __all__ = ["SAM2Widget"]
 
@@ -48,7 +49,7 @@ def _devices() -> list[str]:
     return found
 
 
-class SAM2Widget(ActionsMixin, WidgetController, QWidget):
+class SAM2Widget(ActionsMixin, PreEncodingMixin, WidgetController, QWidget):
     """SAM 2 dock widget. See the module docstring for scripted use."""
 
     #: The network after :meth:`set_model` finished loading it.
@@ -84,7 +85,10 @@ class SAM2Widget(ActionsMixin, WidgetController, QWidget):
         ui.cancel.clicked.connect(self.cancel)
         ui.overwrite.toggled.connect(lambda on: setattr(self, "overwrite", on))
         ui.normalization.currentIndexChanged.connect(lambda _: self._schedule_sync())
+        ui.precision.currentIndexChanged.connect(self._precision_chosen)
+        ui.pre_encode.toggled.connect(lambda on: setattr(self, "pre_encode", on))
         self._jobs.busy_changed.connect(self._on_busy)
+        napari_viewer.dims.events.current_step.connect(self._refresh_pre_encoder)
         layers = napari_viewer.layers
         layers.events.inserted.connect(self._refresh_layer_combos)
         layers.events.removed.connect(self._on_layer_removed)
@@ -112,6 +116,8 @@ class SAM2Widget(ActionsMixin, WidgetController, QWidget):
             return
         self.cancel()
         self._alive = False
+        self._close_pre_encoder()
+        self._viewer.dims.events.current_step.disconnect(self._refresh_pre_encoder)
         for prompts in self._prompt_sets.values():
             prompts.disconnect()
         self._prompts = None
@@ -220,7 +226,25 @@ class SAM2Widget(ActionsMixin, WidgetController, QWidget):
         if index >= 0 and not self._refreshing and index != self._frame_axis:
             self._guarded(setattr, self, "frame_axis", index)
 
+    def _precision_chosen(self, index: int) -> None:
+        mode = self._ui.precision.itemData(index)
+        if mode != self._precision:
+            try:
+                self.precision = mode
+            except Exception as err:  # noqa: BLE001 - e.g. refused during a propagation
+                self._show_precision(self._precision)
+                self._report("", err)
+
+    def _show_precision(self, mode: str) -> None:
+        combo = self._ui.precision
+        combo.blockSignals(True)
+        combo.setCurrentIndex(max(0, combo.findData(mode)))
+        combo.blockSignals(False)
+
     def _on_busy(self, busy: bool) -> None:
+        if not busy:
+            self._apply_precision()
+        self._pause_pre_encoder(busy)
         self.busy_changed.emit(busy)
         if not busy and self._resync_when_idle:
             self._resync_when_idle = False
@@ -231,7 +255,8 @@ class SAM2Widget(ActionsMixin, WidgetController, QWidget):
             return
         ui = self._ui
         for w in (ui.model, ui.device, ui.load, ui.image, ui.labels, ui.follow, ui.image_size,
-                  ui.config, ui.normalization, ui.everything, *ui.propagate_buttons):
+                  ui.config, ui.normalization, ui.precision, ui.everything,
+                  *ui.propagate_buttons):
             w.setEnabled(not running)
         ui.cancel.setEnabled(running)
 
