@@ -1,13 +1,17 @@
 """Video predictor speed and memory, ours against the reference SAM 2 on the same random weights.
 
     python benchmarks/video_predictor.py [--config sam2.1_hiera_t] [--image-size 1024]
-        [--frames 16] [--objects 1 4] [--long-frames 300] [--long-image-size 256]
-        [--skip-speed] [--skip-rss] [--no-reference-rss]
+        [--frames 16] [--objects 1 4 8] [--precision fast bf16 fp32]
+        [--long-frames 300] [--long-image-size 256] [--long-frame-size N] [--long-uint16]
+        [--skip-speed] [--skip-rss] [--no-reference-rss] [--threads N]
 
-1. Speed: seconds per frame of ``propagate_in_video`` over ``--frames`` synthetic frames with
-   1 and 4 clicked objects (frame reading, preprocessing, encoding and tracking; both
-   predictors read frames lazily here, hole filling off on both), and the largest logit
-   difference between the two.
+1. Speed: seconds per frame of ``propagate_in_video`` over ``--frames`` synthetic frames for
+   each number of clicked objects (frame reading, preprocessing, encoding and tracking; both
+   predictors read frames lazily here, hole filling off on both); then a correction click on
+   the middle frame and a propagation from there (ours re-encodes only frames no longer in
+   its feature cache; the reference re-encodes every frame). Ours runs in each
+   ``--precision`` mode; printed per mode: the largest logit difference to the reference, the
+   fraction of mask pixels that agree, and how many frames ours encoded.
 2. Memory: resident memory (RSS) while tracking one object through ``--long-frames`` frames, in
    a fresh process per predictor. Our frames come from a lazy array-like (as from a TIFF on
    disk); the reference is fed the way its loader works, all frames preloaded as float32 at the
@@ -31,17 +35,25 @@ from _common import describe_machine, print_table
 
 
 class SyntheticStack:
-    """Lazy ``T×H×W×3`` uint8 stack: a moving disc on noise, each frame made when read."""
+    """Lazy stack, each frame made when read: a moving disc on noise. ``T×H×W×3`` uint8, or
+    with ``grey16`` ``T×H×W`` uint16 (a microscopy-like 12-bit range)."""
 
-    def __init__(self, n: int, size: int) -> None:
-        self.shape, self.dtype, self.size = (n, size, size, 3), np.dtype(np.uint8), size
+    def __init__(self, n: int, size: int, grey16: bool = False) -> None:
+        self.size, self.grey16 = size, grey16
+        self.shape = (n, size, size) if grey16 else (n, size, size, 3)
+        self.dtype = np.dtype(np.uint16 if grey16 else np.uint8)
 
     def frame(self, t: int) -> np.ndarray:
         s = self.size
-        img = np.random.default_rng(t).integers(0, 40, (s, s, 3), dtype=np.uint8)
         yy, xx = np.ogrid[:s, :s]
         cx, cy, r = s * (0.3 + 0.4 * ((t % 50) / 50)), s * 0.5, s * 0.1
-        img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = (220, 60, 60)
+        disc = (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
+        if self.grey16:
+            img = np.random.default_rng(t).integers(100, 400, (s, s), dtype=np.uint16)
+            img[disc] = 3000
+            return img
+        img = np.random.default_rng(t).integers(0, 40, (s, s, 3), dtype=np.uint8)
+        img[disc] = (220, 60, 60)
         return img
 
     def __getitem__(self, key):
@@ -53,7 +65,7 @@ def clicks(n_objects: int, size: int) -> list[list[float]]:
     return [[size * (0.2 + 0.6 * i / max(n_objects - 1, 1)), size * 0.5] for i in range(n_objects)]
 
 
-def build(config: str, image_size: int, which: str = "both", seed: int = 0):
+def build(config: str, image_size: int, which: str = "both", seed: int = 0, precision: str = "fast"):
     """(reference video predictor, our predictor) on the same random weights; ``which`` =
     ``"ours"`` / ``"reference"`` builds only that one (the other is ``None``)."""
     from sam2.build_sam import build_sam2_video_predictor
@@ -71,7 +83,7 @@ def build(config: str, image_size: int, which: str = "both", seed: int = 0):
         ).eval()
         ref.fill_hole_area = 0  # its hole filling needs a CUDA extension; compare the same work
     if which != "reference":
-        model = build_model(config, image_size=image_size, video=True)
+        model = build_model(config, image_size=image_size, video=True, precision=precision)
         if ref is not None:
             model.load_state_dict(ref.state_dict(), strict=True)
         ours = SAM2VideoPredictor(model.eval(), fill_hole_area=0)
@@ -104,37 +116,63 @@ def reference_loader(stack: SyntheticStack, image_size: int, preload: bool):
     return mock.patch.object(svp, "load_video_frames", load)
 
 
+def _track(predictor, state, n_obj: int, size: int, frames: int) -> dict:
+    """Click ``n_obj`` objects on frame 0 and propagate; then a correction click on the middle
+    frame and a propagation from there. Returns timings and masks."""
+    for i, xy in enumerate(clicks(n_obj, size)):
+        predictor.add_new_points_or_box(state, 0, i + 1, points=[xy], labels=[1])
+    start = time.perf_counter()
+    masks = [m for _, _, m in predictor.propagate_in_video(state)]
+    first = (time.perf_counter() - start) / frames
+    mid = frames // 2
+    x, y = clicks(n_obj, size)[0]
+    predictor.add_new_points_or_box(state, mid, 1, points=[[x + size * 0.02, y]], labels=[1])
+    start = time.perf_counter()
+    again = [m for _, _, m in predictor.propagate_in_video(state, start_frame_idx=mid)]
+    return {"first": first, "again": (time.perf_counter() - start) / len(again),
+            "masks": masks + again}
+
+
+def _agreement(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[float, float]:
+    """(max |logit| difference, fraction of mask pixels with the same sign)."""
+    diff = max((x - y).abs().max().item() for x, y in zip(a, b))
+    same = sum(((x > 0) == (y > 0)).sum().item() for x, y in zip(a, b))
+    return diff, same / sum(x.numel() for x in a)
+
+
 def speed(args) -> None:
     import sam2.sam2_video_predictor as svp
 
-    ref, ours = build(args.config, args.image_size)
+    ref, _ = build(args.config, args.image_size, which="reference")
     stack = SyntheticStack(args.frames, args.image_size)
-    rows, max_diff = [], 0.0
+    rows, notes = [], []
     with mock.patch.object(svp, "tqdm", lambda it, **kw: it), torch.inference_mode():
         for n_obj in args.objects:
-            times, outputs = {}, {}
-            for name, predictor in (("ours", ours), ("reference", ref)):
-                if name == "ours":
-                    state = predictor.init_state(stack)
-                else:
-                    with reference_loader(stack, args.image_size, preload=False):
-                        state = predictor.init_state("unused")
-                for i, xy in enumerate(clicks(n_obj, args.image_size)):
-                    predictor.add_new_points_or_box(state, 0, i + 1, points=[xy], labels=[1])
-                start = time.perf_counter()
-                outputs[name] = [m for _, _, m in predictor.propagate_in_video(state)]
-                times[name] = (time.perf_counter() - start) / args.frames
-                if name == "ours":
-                    state.close()
-            max_diff = max(
-                max_diff,
-                max((a - b).abs().max().item() for a, b in zip(outputs["ours"], outputs["reference"])),
-            )
-            rows.append((f"propagate, {n_obj} object(s), s/frame", times["ours"], times["reference"]))
+            with reference_loader(stack, args.image_size, preload=False):
+                ref_state = ref.init_state("unused")
+            theirs = _track(ref, ref_state, n_obj, args.image_size, args.frames)
+            for precision in args.precision:
+                _, ours = build(args.config, args.image_size, which="ours", precision=precision)
+                ours.model.load_state_dict(ref.state_dict())
+                calls = []
+                forward = ours.model.forward_image
+                ours.model.forward_image = lambda x, _f=forward: calls.append(1) or _f(x)
+                with ours.init_state(stack) as state:
+                    mine = _track(ours, state, n_obj, args.image_size, args.frames)
+                    cached = len(state.feature_cache)
+                diff, same = _agreement(mine["masks"], theirs["masks"])
+                tag = f"{n_obj} object(s), {precision}"
+                rows.append((f"propagate, {tag}, s/frame", mine["first"], theirs["first"]))
+                rows.append((f"re-propagate after a correction, {tag}, s/frame",
+                             mine["again"], theirs["again"]))
+                notes.append(f"{tag}: max |logit| diff {diff:.2e}, same mask sign {same:.5f}; "
+                             f"ours encoded {len(calls)} frames for {args.frames} "
+                             f"(+{args.frames - args.frames // 2} re-propagated; "
+                             f"{cached} cached at the end)")
     print(f"\n{args.config} at image_size {args.image_size}, {args.frames} frames; "
           f"{describe_machine()}")
     print_table(rows)
-    print(f"max |logit| difference ours vs reference: {max_diff:.2e}")
+    print("\n".join(notes))
 
 
 def rss_mib(field: str = "VmRSS") -> float:
@@ -152,13 +190,14 @@ def rss_mib(field: str = "VmRSS") -> float:
     raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
-def rss_worker(which: str, config: str, image_size: int, n: int) -> dict:
+def rss_worker(which: str, config: str, image_size: int, n: int, frame_size: int,
+               grey16: bool) -> dict:
     """Track one object through ``n`` frames; RSS samples (MiB) every 10 frames."""
     import sam2.sam2_video_predictor as svp
 
     ref, ours = build(config, image_size, which)
     predictor = ours if which == "ours" else ref
-    stack = SyntheticStack(n, image_size)
+    stack = SyntheticStack(n, frame_size, grey16=grey16)
     samples = []
     with mock.patch.object(svp, "tqdm", lambda it, **kw: it), torch.inference_mode():
         before = rss_mib()
@@ -167,7 +206,7 @@ def rss_worker(which: str, config: str, image_size: int, n: int) -> dict:
         else:
             with reference_loader(stack, image_size, preload=True):
                 state = predictor.init_state("unused")
-        predictor.add_new_points_or_box(state, 0, 1, points=clicks(1, image_size), labels=[1])
+        predictor.add_new_points_or_box(state, 0, 1, points=clicks(1, frame_size), labels=[1])
         start = time.perf_counter()
         for t, _, _ in predictor.propagate_in_video(state):
             if t % 10 == 0 or t == n - 1:
@@ -189,11 +228,15 @@ def memory(args) -> None:
     for which in ("ours", "reference") if args.reference_rss else ("ours",):
         cmd = [sys.executable, __file__, "--rss-worker", which, "--config", args.config,
                "--long-image-size", str(args.long_image_size), "--long-frames",
-               str(args.long_frames)] + ([f"--threads={args.threads}"] if args.threads else [])
+               str(args.long_frames), "--long-frame-size", str(args.long_frame_size or
+               args.long_image_size)] + (["--long-uint16"] if args.long_uint16 else []) + (
+               [f"--threads={args.threads}"] if args.threads else [])
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         results[which] = json.loads(out.strip().splitlines()[-1])
-    print(f"\nOne object through {args.long_frames} frames at image_size "
-          f"{args.long_image_size} ({args.config}), a fresh process each:")
+    size = args.long_frame_size or args.long_image_size
+    kind = "uint16 grey" if args.long_uint16 else "uint8 RGB"
+    print(f"\nOne object through {args.long_frames} {kind} frames of {size}×{size} at "
+          f"image_size {args.long_image_size} ({args.config}), a fresh process each:")
     print("| predictor | RSS with model (MiB) | + after prompt | + at end | growth (KiB/frame) | "
           "peak RSS (MiB) | s/frame |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -211,9 +254,14 @@ def main() -> None:
     parser.add_argument("--config", default="sam2.1_hiera_t")
     parser.add_argument("--image-size", type=int, default=1024)
     parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--objects", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--objects", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--precision", nargs="+", default=["fast"],
+                        choices=["fp32", "fast", "bf16"], help="our precision mode(s)")
     parser.add_argument("--long-frames", type=int, default=300)
     parser.add_argument("--long-image-size", type=int, default=256)
+    parser.add_argument("--long-frame-size", type=int, default=None,
+                        help="frame size of the long stack (default: the image size)")
+    parser.add_argument("--long-uint16", action="store_true", help="uint16 grey frames")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-rss", action="store_true")
@@ -223,7 +271,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.rss_worker:
-        result = rss_worker(args.rss_worker, args.config, args.long_image_size, args.long_frames)
+        result = rss_worker(args.rss_worker, args.config, args.long_image_size, args.long_frames,
+                            args.long_frame_size or args.long_image_size, args.long_uint16)
         print(json.dumps(result))
         return
     if not args.skip_speed:

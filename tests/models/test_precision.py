@@ -171,3 +171,17 @@ def test_rope_attention_uses_late_values_only_where_it_pays(monkeypatch):
         monkeypatch.setattr(RoPEAttention, "_mix_before_value_projection", lambda self, v: False)
         early = narrow(q, mem, mem, num_k_exclude_rope=4)
     torch.testing.assert_close(late, early, rtol=1e-5, atol=1e-5)
+
+
+def test_models_built_under_inference_mode_work():
+    """Parameters made under ``torch.inference_mode`` keep no version counter; the cached
+    position encodings must still work (computed afresh) and follow new weights."""
+    with torch.inference_mode():
+        model = build_model("sam2.1_hiera_t", image_size=256)
+        x = torch.randn(1, 3, 256, 256)
+        first = model.image_encoder(x)["vision_features"].clone()
+        pe = model.sam_prompt_encoder.get_dense_pe().clone()
+        model.image_encoder.trunk.pos_embed.add_(1.0)
+        model.sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.mul_(2.0)
+        assert not torch.equal(model.image_encoder(x)["vision_features"], first)
+        assert not torch.equal(model.sam_prompt_encoder.get_dense_pe(), pe)

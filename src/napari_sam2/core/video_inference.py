@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 __all__ = ["FrameFeatures", "VideoInferenceBase", "frame_read_lock"]
 
+_MIN_AUTO_CACHE = 4  # frames, before the first one is encoded and its size known
+
 
 # One lock per frame source (kept as long as the source lives): readers such as tifffile
 # handles are not thread-safe, and the pre-encoder reads frames from its own thread.
@@ -95,9 +97,23 @@ class VideoInferenceBase:
             dtype = next(self.model.parameters()).dtype
             x = image_to_tensor(image, self.model.image_size, state.device)[None].to(dtype)
             out = self.model.forward_image(x)
-            return FrameFeatures(tuple(out["backbone_fpn"]), tuple(out["vision_pos_enc"]))
+            feats = FrameFeatures(tuple(out["backbone_fpn"]), tuple(out["vision_pos_enc"]))
+            self._size_feature_cache(state, feats)
+            return feats
 
         return state.feature_cache.get_or_compute(frame_idx, compute)
+
+    def _size_feature_cache(self, state: VideoInferenceState, feats: FrameFeatures) -> None:
+        """With no fixed ``feature_cache_size``, let the cache hold as many frames as fit in
+        ``feature_cache_mib`` (never fewer than it holds now). The position encodings are
+        shared by all frames and not counted."""
+        if getattr(self, "feature_cache_size", 0) is not None:
+            return
+        per_frame = sum(t.numel() * t.element_size() for t in feats.backbone_fpn)
+        fit = int(self.feature_cache_mib * 2**20 // max(per_frame, 1))
+        cache = state.feature_cache
+        if fit > cache.max_items:
+            cache.max_items = fit
 
     def encode_frame(self, inference_state: VideoInferenceState, frame_idx: int) -> None:
         """Encode one frame into the state's feature cache now, unless it is cached already

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .feature_cache import FeatureCache
+from .video_inference import _MIN_AUTO_CACHE
 from .frame_source import open_frames
 from .frame_store import FrameStore
 from .video_prompts import (
@@ -78,7 +79,11 @@ class SAM2VideoPredictor(VideoPropagationMixin):
         clear_non_cond_mem_around_input: after a prompt, forget that object's tracked results
             within ``num_maskmem`` frames of it.
         add_all_frames_to_correct_as_cond: corrected frames become conditioning frames.
-        feature_cache_size: frames whose image features are kept (on the model's device).
+        feature_cache_size: frames whose image features are kept (on the model's device);
+            by default as many as fit in ``feature_cache_mib`` (at least 4): 32 frames of
+            the tiny model at 1024 px, 128 at 512 px. A re-propagation over cached frames
+            does not run the image encoder again.
+        feature_cache_mib: the memory budget of the default feature cache, in MiB.
         ram_window: tracked (non-conditioning) results kept in RAM per object; default: the
             number of past frames the model reads, plus one.
         spill_dir: where the temporary directory of spilled results is created (default:
@@ -93,7 +98,8 @@ class SAM2VideoPredictor(VideoPropagationMixin):
         non_overlap_masks: bool = False,
         clear_non_cond_mem_around_input: bool = False,
         add_all_frames_to_correct_as_cond: bool = False,
-        feature_cache_size: int = 4,
+        feature_cache_size: int | None = None,
+        feature_cache_mib: float = 512,
         ram_window: int | None = None,
         spill_dir: str | os.PathLike | None = None,
     ) -> None:
@@ -107,8 +113,12 @@ class SAM2VideoPredictor(VideoPropagationMixin):
         self.non_overlap_masks = bool(non_overlap_masks)
         self.clear_non_cond_mem_around_input = bool(clear_non_cond_mem_around_input)
         self.add_all_frames_to_correct_as_cond = bool(add_all_frames_to_correct_as_cond)
-        FeatureCache(feature_cache_size)  # validates
+        if feature_cache_size is not None:
+            FeatureCache(feature_cache_size)  # validates
+        if not feature_cache_mib >= 0:
+            raise ValueError(f"feature_cache_mib must be >= 0, got {feature_cache_mib!r}.")
         self.feature_cache_size = feature_cache_size
+        self.feature_cache_mib = float(feature_cache_mib)
         if ram_window is None:
             ram_window = 1 + max(
                 model.num_maskmem * model.memory_temporal_stride_for_eval,
@@ -181,7 +191,9 @@ class SAM2VideoPredictor(VideoPropagationMixin):
             owns_frames=frames is not source,
             device=device,
             storage_device=storage,
-            feature_cache=FeatureCache(self.feature_cache_size),
+            feature_cache=FeatureCache(
+                _MIN_AUTO_CACHE if self.feature_cache_size is None else self.feature_cache_size
+            ),
             frame_store=FrameStore(frames.num_frames, self.ram_window, storage, self.spill_dir),
         )
 

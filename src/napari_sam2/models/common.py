@@ -8,7 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MLP", "LayerNorm2d", "activation_fn", "activation_module"]
+__all__ = ["MLP", "LayerNorm2d", "activation_fn", "activation_module", "version_key"]
+
+
+def version_key(*tensors: torch.Tensor) -> tuple | None:
+    """What identifies the current values of ``tensors`` (storage and in-place version), for
+    caches derived from them; ``None`` when that cannot be told (inference tensors, made under
+    ``torch.inference_mode``, keep no version), and the caller should not cache."""
+    if any(t.is_inference() for t in tensors):
+        return None
+    return tuple((t.data_ptr(), t._version) for t in tensors)
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,

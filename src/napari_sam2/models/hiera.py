@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .common import version_key
 from .hiera_blocks import (
     MultiScaleAttention,
     MultiScaleBlock,
@@ -35,7 +36,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_PosKey = tuple  # (H, W, device, dtype, param versions, param storages)
+_PosKey = tuple  # ((H, W), device, dtype, version_key of the parameters)
 
 
 class Hiera(nn.Module):
@@ -139,16 +140,13 @@ class Hiera(nn.Module):
             logger.info("Loaded Hiera weights from %s: %s", weights_path, result)
 
     # ------------------------------------------------------------------ position embedding
-    def _pos_key(self, hw: tuple[int, int]) -> _PosKey:
-        """Cache key: the grid size plus everything that identifies the current parameter values."""
-        params = (self.pos_embed, self.pos_embed_window)
-        return (
-            hw,
-            self.pos_embed.device,
-            self.pos_embed.dtype,
-            tuple(p._version for p in params),
-            tuple(p.data_ptr() for p in params),
-        )
+    def _pos_key(self, hw: tuple[int, int]) -> _PosKey | None:
+        """Cache key: the grid size plus everything that identifies the current parameter
+        values; ``None`` (do not cache) for parameters made under inference mode."""
+        versions = version_key(self.pos_embed, self.pos_embed_window)
+        if versions is None:
+            return None
+        return (hw, self.pos_embed.device, self.pos_embed.dtype, versions)
 
     def _compute_pos_embed(self, hw: tuple[int, int]) -> torch.Tensor:
         """Position embedding for an ``H×W`` token grid, shape ``1×H×W×C``."""
@@ -173,6 +171,8 @@ class Hiera(nn.Module):
         if needs_grad:
             return self._compute_pos_embed(hw)
         key = self._pos_key(hw)
+        if key is None:
+            return self._compute_pos_embed(hw)
         cached = self._pos_cache.get(key)
         if cached is None:
             # Drop entries for stale parameter states (or other devices/dtypes).

@@ -9,6 +9,8 @@ import math
 import torch
 from torch import nn
 
+from .common import version_key
+
 __all__ = [
     "PositionEmbeddingSine",
     "PositionEmbeddingRandom",
@@ -116,9 +118,10 @@ class PositionEmbeddingRandom(nn.Module):
         as read-only.
         """
         matrix = self.positional_encoding_gaussian_matrix
-        if torch.is_grad_enabled():
+        versions = version_key(matrix)
+        if torch.is_grad_enabled() or versions is None:
             return self._dense(size)
-        key = (tuple(int(v) for v in size), matrix.device, matrix.data_ptr(), matrix._version)
+        key = (tuple(int(v) for v in size), matrix.device, versions)
         cached = getattr(self, "_dense_cache", None)
         if cached is None or cached[0] != key:
             cached = (key, self._dense(size))
