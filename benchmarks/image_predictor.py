@@ -1,9 +1,12 @@
 """Image predictor speed, ours against the reference SAM 2 on the same random weights.
 
     python benchmarks/image_predictor.py [--config sam2.1_hiera_t] [--image-size 1024]
+        [--repeats 3] [--precision fast bf16 fp32]
 
-Prints the median time of ``set_image`` (image encoder + preprocessing) and of one
-``predict`` call with a click on an encoded image, and the ratio ours / reference.
+Prints median times of the image encoder (``forward_image`` on a model-size tensor), of
+``set_image`` (preprocessing + encoder) and of one ``predict`` call with a click on an encoded
+image, ours in each ``--precision`` mode against the reference, with the ratio ours /
+reference, and how far ours' mask logits are from the reference's.
 """
 
 from __future__ import annotations
@@ -20,32 +23,44 @@ def main() -> None:
     parser.add_argument("--config", default="sam2.1_hiera_t")
     parser.add_argument("--image-size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precision", nargs="+", default=["fast"],
+                        choices=["fp32", "fast", "bf16"], help="our precision mode(s)")
     args = parser.parse_args()
 
     from sam2.sam2_image_predictor import SAM2ImagePredictor as RefPredictor
 
     from napari_sam2.core.image_predictor import SAM2ImagePredictor
+    from napari_sam2.models.precision import set_precision
 
     ref_model, our_model = paired_models(args.config, args.image_size)
-    ref, ours = RefPredictor(ref_model), SAM2ImagePredictor(our_model)
+    ref = RefPredictor(ref_model)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (768, 1024, 3), dtype=np.uint8)
+    x = torch.randn(1, 3, args.image_size, args.image_size, generator=torch.Generator().manual_seed(0))
     click = dict(point_coords=np.array([[500.0, 400.0]]), point_labels=np.array([1]))
 
-    rows = []
+    rows, notes = [], []
     with torch.inference_mode():
-        t_ours = median_time(lambda: ours.set_image(image), args.repeats)
-        t_ref = median_time(lambda: ref.set_image(image), args.repeats)
-        rows.append((f"set_image {image.shape[1]}×{image.shape[0]}", t_ours, t_ref))
-        a = ours.predict(**click, multimask_output=True)
-        b = ref.predict(**click, multimask_output=True)
-        max_diff = float(np.abs(a[1] - b[1]).max())
-        c_ours = median_time(lambda: ours.predict(**click), args.repeats * 5)
-        c_ref = median_time(lambda: ref.predict(**click), args.repeats * 5)
-        rows.append(("predict, one click", c_ours, c_ref))
+        enc_ref = median_time(lambda: ref_model.forward_image(x), args.repeats)
+        set_ref = median_time(lambda: ref.set_image(image), args.repeats)
+        click_ref = median_time(lambda: ref.predict(**click), args.repeats * 5)
+        ref_out = ref.predict(**click, multimask_output=True, return_logits=True)
+        for precision in args.precision:
+            ours = SAM2ImagePredictor(set_precision(our_model, precision))
+            enc = median_time(lambda: our_model.forward_image(x), args.repeats)
+            rows.append((f"image encoder ({precision})", enc, enc_ref))
+            rows.append((f"set_image {image.shape[1]}×{image.shape[0]} ({precision})",
+                         median_time(lambda: ours.set_image(image), args.repeats), set_ref))
+            rows.append((f"predict, one click ({precision})",
+                         median_time(lambda: ours.predict(**click), args.repeats * 5), click_ref))
+            out = ours.predict(**click, multimask_output=True, return_logits=True)
+            same = float(((out[0] > 0) == (ref_out[0] > 0)).mean())
+            notes.append(f"{precision}: max |logit| diff {np.abs(out[0] - ref_out[0]).max():.2e}, "
+                         f"IoU-score diff {np.abs(out[1] - ref_out[1]).max():.2e}, "
+                         f"same mask pixels {same:.5f}")
     print(f"{args.config} at image_size {args.image_size}; {describe_machine()}")
     print_table(rows)
-    print(f"IoU-score max abs diff between the two: {max_diff:.2e}")
+    print("\n".join(notes))
 
 
 if __name__ == "__main__":

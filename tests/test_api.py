@@ -187,3 +187,19 @@ def test_objects_are_reused_and_names_or_paths_are_loaded(
         api.segment_everything(image, model=generator, points_per_side=4)
     with pytest.raises(TypeError, match="model must be"):
         api.segment_image(image, [[10, 10]], model=42)
+
+
+def test_precision_is_applied_to_a_given_network_and_to_loaded_ones(checkpoint, stack) -> None:
+    net = checkpoints.load_model(checkpoint, device="cpu", image_size=SIZE)
+    assert net.precision == "fast"  # the default
+    image, points = stack[0], np.array([[20.0, 30.0]])
+    strict = api.segment_image(image, points, model=net, precision="fp32")
+    assert net.precision == "fp32"
+    approx = api.segment_image(image, points, model=net, precision="bf16")
+    assert net.precision == "bf16" and approx.shape == strict.shape
+    api.segment_image(image, points, model=net)  # None: left as it is
+    assert net.precision == "bf16"
+    with pytest.raises(ValueError, match="fp32, fast, bf16"):
+        api.segment_image(image, points, model=net, precision="double")
+    loaded = api._load(checkpoint, None, "cpu", SIZE, video=False, precision="fp32")
+    assert loaded.precision == "fp32"

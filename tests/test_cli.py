@@ -267,6 +267,26 @@ def test_usage_errors_are_argparse_style() -> None:
     result = run_cli("track", "s.tif", "--points", "p.csv", "--out", "o.tif",
                      "--direction", "up")
     assert result.returncode == 2 and "invalid choice: 'up'" in result.stderr
+    result = run_cli("track", "s.tif", "--points", "p.csv", "--out", "o.tif",
+                     "--precision", "half")
+    assert result.returncode == 2 and "invalid choice: 'half'" in result.stderr
+
+
+def test_precision_reaches_the_loaded_model(monkeypatch) -> None:
+    seen = {}
+
+    def fake_load_model(*args, **kwargs):
+        seen.update(kwargs)
+        return "model"
+
+    monkeypatch.setattr("napari_sam2.models.checkpoints.load_model", fake_load_model)
+    parser = cli.build_parser()
+    args = parser.parse_args(["track", "s.tif", "--points", "p.csv", "--out", "o.tif",
+                              "--device", "cpu", "--precision", "bf16", "-q"])
+    assert cli._load_model(args, video=True) == "model" and seen["precision"] == "bf16"
+    args = parser.parse_args(["segment", "i.tif", "--auto", "--out", "o.tif", "--device", "cpu"])
+    cli._load_model(args, video=False)
+    assert seen["precision"] == "fast"
 
 
 def test_runtime_failure_is_status_1_and_debug_shows_the_traceback(

@@ -25,6 +25,10 @@ Conventions
           labels = track(path, prompts[path], model=model)
 
   With an object, ``device``, ``config`` and ``image_size`` are ignored: it runs where it is.
+* ``precision``: ``"fast"`` (default for a loaded model: float32 results, bfloat16 units where
+  the CPU keeps float32 accuracy), ``"fp32"`` (strict) or ``"bf16"`` (faster, about 1 %
+  error); see :mod:`napari_sam2.models.precision`. Given with a network or predictor, it
+  changes that network's mode; ``None`` leaves it as it is.
 """
 
 from __future__ import annotations
@@ -56,47 +60,51 @@ _DIRECTIONS = ("forward", "backward", "both")
 
 # ---------------------------------------------------------------------------------------------
 def _load(
-    model: Any, config: Any, device: Any, image_size: int | None, video: bool
+    model: Any, config: Any, device: Any, image_size: int | None, video: bool,
+    precision: str | None = None,
 ) -> SAM2Base:
-    """The network behind ``model`` (name, path, network or predictor)."""
+    """The network behind ``model`` (name, path, network or predictor), in ``precision``."""
+    from .models.precision import set_precision
     from .models.sam2 import SAM2Base
 
+    net = None
     if isinstance(model, SAM2Base):
-        return model
-    inner = getattr(model, "model", None)  # image / video predictor
-    if isinstance(inner, SAM2Base):
-        return inner
-    predictor = getattr(model, "predictor", None)  # automatic mask generator
-    if isinstance(getattr(predictor, "model", None), SAM2Base):
-        return predictor.model
+        net = model
+    elif isinstance(getattr(model, "model", None), SAM2Base):  # image / video predictor
+        net = model.model
+    elif isinstance(getattr(getattr(model, "predictor", None), "model", None), SAM2Base):
+        net = model.predictor.model  # automatic mask generator
+    if net is not None:
+        return net if precision is None else set_precision(net, precision)
     if isinstance(model, (str, os.PathLike)):
         from .models.checkpoints import load_model
 
-        return load_model(model, config=config, device=device, image_size=image_size, video=video)
+        return load_model(
+            model, config=config, device=device, image_size=image_size, video=video,
+            precision="fast" if precision is None else precision,
+        )
     raise TypeError(
         "model must be an official model name, a checkpoint path, a network from load_model() "
         f"or a predictor; got {type(model).__name__}"
     )
 
 
-def _image_predictor(model: Any, config: Any, device: Any, image_size: Any) -> SAM2ImagePredictor:
+def _image_predictor(
+    model: Any, config: Any, device: Any, image_size: Any, precision: str | None
+) -> SAM2ImagePredictor:
     from .core.image_predictor import SAM2ImagePredictor
 
-    if isinstance(model, SAM2ImagePredictor):
-        return model
-    return SAM2ImagePredictor(_load(model, config, device, image_size, video=False))
+    net = _load(model, config, device, image_size, video=False, precision=precision)
+    return model if isinstance(model, SAM2ImagePredictor) else SAM2ImagePredictor(net)
 
 
-def _video_predictor(model: Any, config: Any, device: Any, image_size: Any) -> SAM2VideoPredictor:
+def _video_predictor(
+    model: Any, config: Any, device: Any, image_size: Any, precision: str | None
+) -> SAM2VideoPredictor:
     from .core.video_predictor import SAM2VideoPredictor
 
-    if isinstance(model, SAM2VideoPredictor):
-        return model
-    if isinstance(model, (str, os.PathLike)):
-        return SAM2VideoPredictor.from_pretrained(
-            model, config=config, device=device, image_size=image_size
-        )
-    return SAM2VideoPredictor(_load(model, config, device, image_size, video=True))
+    net = _load(model, config, device, image_size, video=True, precision=precision)
+    return model if isinstance(model, SAM2VideoPredictor) else SAM2VideoPredictor(net)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,6 +118,7 @@ def segment_image(
     device: str | torch.device | None = "auto",
     config: str | os.PathLike | None = None,
     image_size: int | None = None,
+    precision: str | None = None,
     multimask: bool = False,
     normalization: Normalization | None = None,
 ) -> np.ndarray:
@@ -121,7 +130,7 @@ def segment_image(
         points: ``N×2`` clicks, ``(x, y)`` pixels (SAM's order, not napari's ``(y, x)``).
         labels: ``N`` point labels, 1 foreground / 0 background; default all 1.
         box: ``4`` XYXY box ``(x0, y0, x1, y1)`` in pixels.
-        model, device, config, image_size: see the module docstring. A
+        model, device, config, image_size, precision: see the module docstring. A
             :class:`~napari_sam2.core.image_predictor.SAM2ImagePredictor` is used as it is
             (with its own thresholds).
         multimask: let SAM propose 3 masks and return the one with the highest predicted IoU
@@ -135,7 +144,7 @@ def segment_image(
         raise ValueError("segment_image needs points and/or a box")
     if points is not None and labels is None:
         labels = np.ones(len(np.asarray(points)), dtype=np.int32)
-    predictor = _image_predictor(model, config, device, image_size)
+    predictor = _image_predictor(model, config, device, image_size, precision)
     predictor.set_image(image, normalization=normalization)
     masks, scores, _ = predictor.predict(
         point_coords=points, point_labels=labels, box=box, multimask_output=multimask
@@ -150,6 +159,7 @@ def segment_everything(
     device: str | torch.device | None = "auto",
     config: str | os.PathLike | None = None,
     image_size: int | None = None,
+    precision: str | None = None,
     normalization: Normalization | None = None,
     **amg_options: Any,
 ) -> np.ndarray:
@@ -157,7 +167,7 @@ def segment_everything(
 
     Args:
         image: as in :func:`segment_image`.
-        model, device, config, image_size: see the module docstring; a
+        model, device, config, image_size, precision: see the module docstring; a
             :class:`~napari_sam2.core.automatic_mask_generator.SAM2AutomaticMaskGenerator` is
             used as it is (then pass no ``amg_options``).
         normalization: intensity mapping; default automatic.
@@ -178,7 +188,7 @@ def segment_everything(
             raise ValueError("pass amg_options to the generator you built, not here")
         generator = model
     else:
-        net = _load(model, config, device, image_size, video=False)
+        net = _load(model, config, device, image_size, video=False, precision=precision)
         generator = SAM2AutomaticMaskGenerator(net, **amg_options)
     if normalization is not None:
         image, _ = normalize_image(image, normalization)
@@ -249,6 +259,7 @@ def track(
     device: str | torch.device | None = "auto",
     config: str | os.PathLike | None = None,
     image_size: int | None = None,
+    precision: str | None = None,
     direction: str = "both",
     frame_range: tuple[int, int] | None = None,
     normalization: Normalization | None = None,
@@ -269,7 +280,7 @@ def track(
             ``prompts_from_points``), or a dict ``{(frame_idx, obj_id): {"points": N×2 (x, y),
             "labels": N (1/0, default 1), "box": XYXY}}``. Object ids are the label values
             (>= 1). Checked against the stack: a point outside it raises :class:`ValueError`.
-        model, device, config, image_size: see the module docstring; a
+        model, device, config, image_size, precision: see the module docstring; a
             :class:`~napari_sam2.core.video_predictor.SAM2VideoPredictor` is used as it is.
         direction: ``"forward"`` (towards later frames), ``"backward"`` or ``"both"``.
         frame_range: ``(first, last)`` frames (inclusive) to track within; default all.
@@ -291,7 +302,7 @@ def track(
     prompt_list = _as_prompts(prompts)
     if not prompt_list:
         raise ValueError("track needs at least one prompt")
-    predictor = _video_predictor(model, config, device, image_size)
+    predictor = _video_predictor(model, config, device, image_size, precision)
     if normalization is not None:
         frame_kwargs["normalization"] = normalization
     state = predictor.init_state(stack, **frame_kwargs)

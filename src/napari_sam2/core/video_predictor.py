@@ -137,16 +137,18 @@ class SAM2VideoPredictor(VideoPropagationMixin):
         device: str | torch.device | None = "auto",
         image_size: int | None = None,
         progress: bool = True,
+        precision: str = "fast",
         **kwargs: Any,
     ) -> SAM2VideoPredictor:
         """Load a model (official name such as ``"sam2.1_hiera_tiny"``, Hugging Face id
         ``"facebook/sam2.1-hiera-tiny"``, or a checkpoint file) with the video settings and wrap
-        it; ``kwargs`` go to the constructor."""
+        it; ``precision`` as in :func:`~napari_sam2.models.checkpoints.load_model`; ``kwargs``
+        go to the constructor."""
         from ..models.checkpoints import load_model
 
         model = load_model(
             name_or_path, config=config, device=device, image_size=image_size, video=True,
-            progress=progress,
+            progress=progress, precision=precision,
         )
         return cls(model, **kwargs)
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .attention_kernels import attend_then_project
+from .attention_kernels import attend_then_project, sdpa
 from .position_encoding import apply_rope, axial_rope_tables
 
 __all__ = ["Attention", "RoPEAttention"]
@@ -58,7 +57,7 @@ class Attention(nn.Module):
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         dropout_p = self.dropout_p if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        out = sdpa(q, k, v, dropout_p=dropout_p)
         return self.out_proj(self._merge_heads(out))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -12,10 +12,23 @@ keep the score block in cache. The results equal the fused kernel's to float32 r
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["chunked_attention", "attend_then_project"]
+__all__ = ["sdpa", "chunked_attention", "attend_then_project"]
 
 _BLOCK_BYTES = 16 * 2**20  # score block per step (fits a typical L2/L3 slice)
+_LONG = 1024  # keys; below this (Hiera's windows) the fused bfloat16 kernel is the faster
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+    """Torch's fused attention, ``B×heads×N×d`` in and out. On the CPU, bfloat16 inputs with
+    long key sequences are attended in float32 (there the CPU's fused kernel is no faster in
+    bfloat16, and float32 products may use the bfloat16 units; see
+    :mod:`~napari_sam2.models.precision`) and cast back."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and k.shape[-2] >= _LONG:
+        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout_p)
+        return out.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
 
 
 def chunked_attention(

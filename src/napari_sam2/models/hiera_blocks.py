@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import StochasticDepth
 
+from .attention_kernels import sdpa
 from .common import MLP
 
 __all__ = [
@@ -150,7 +151,7 @@ class MultiScaleAttention(nn.Module):
         kv = qkv.reshape(b, h_in * w_in, 3, heads, self.dim_out // heads)  # B×N×3×heads×hd
         k = kv[:, :, 1].transpose(1, 2)
         v = kv[:, :, 2].transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)  # B×heads×N'×hd
+        out = sdpa(q, k, v)  # B×heads×N'×hd
         out = out.transpose(1, 2).reshape(b, h, w, self.dim_out)  # B×H'×W'×C
         return self.proj(out)
 

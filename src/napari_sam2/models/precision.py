@@ -142,9 +142,8 @@ def _hooks(mode: str, autocast: bool) -> tuple[Callable, Callable]:
 
     def pre(module: nn.Module, args: Any) -> None:
         contexts: list[Any] = []
-        if mode == "fast":
-            contexts.append(precision_scope())
-        elif mode == "bf16" and autocast:
+        contexts.append(precision_scope())  # float32 parts of "bf16" benefit as well
+        if mode == "bf16" and autocast:
             contexts.append(torch.autocast(_device_type(module), dtype=torch.bfloat16))
         for ctx in contexts:
             ctx.__enter__()
