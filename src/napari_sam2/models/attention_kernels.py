@@ -26,7 +26,10 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0
     bfloat16, and float32 products may use the bfloat16 units; see
     :mod:`~napari_sam2.models.precision`) and cast back."""
     if q.device.type == "cpu" and q.dtype == torch.bfloat16 and k.shape[-2] >= _LONG:
-        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout_p)
+        with torch.autocast("cpu", enabled=False):  # autocast would cast them back
+            out = F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), dropout_p=dropout_p
+            )
         return out.to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
 
