@@ -156,18 +156,20 @@ class SAM2AutomaticMaskGenerator:
         device: str | torch.device | None = "auto",
         image_size: int | None = None,
         progress: bool = True,
+        precision: str = "fast",
         **options: Any,
     ) -> SAM2AutomaticMaskGenerator:
         """Load an official model (``"sam2.1_hiera_tiny"``, ``"facebook/sam2.1-hiera-tiny"``,
         downloaded once) or a checkpoint file, and wrap it.
 
-        ``config``, ``device``, ``image_size`` and ``progress`` go to
+        ``config``, ``device``, ``image_size``, ``progress`` and ``precision`` go to
         :func:`napari_sam2.models.checkpoints.load_model`, ``options`` to the constructor.
         """
         from ..models.checkpoints import load_model
 
         model = load_model(
-            name_or_path, config=config, device=device, image_size=image_size, progress=progress
+            name_or_path, config=config, device=device, image_size=image_size, progress=progress,
+            precision=precision,
         )
         return cls(model, **options)
 

@@ -83,19 +83,21 @@ class SAM2ImagePredictor:
         device: str | torch.device | None = "auto",
         image_size: int | None = None,
         progress: bool = True,
+        precision: str = "fast",
         **kwargs: Any,
     ) -> SAM2ImagePredictor:
         """Load a model (official name such as ``"sam2.1_hiera_tiny"`` / Hugging Face id
         ``"facebook/sam2.1-hiera-tiny"``, or a checkpoint file) and wrap it in a predictor.
 
-        ``config``, ``device``, ``image_size`` and ``progress`` go to
+        ``config``, ``device``, ``image_size``, ``progress`` and ``precision`` go to
         :func:`napari_sam2.models.checkpoints.load_model`; other keyword arguments
         (``mask_threshold``, ``max_hole_area``, ``max_sprinkle_area``) to the predictor.
         """
         from ..models.checkpoints import load_model
 
         model = load_model(
-            name_or_path, config=config, device=device, image_size=image_size, progress=progress
+            name_or_path, config=config, device=device, image_size=image_size, progress=progress,
+            precision=precision,
         )
         return cls(model, **kwargs)
 
