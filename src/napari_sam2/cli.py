@@ -28,15 +28,22 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ._cli_inputs import (
+    existing_file,
+    input_errors,
+    one_line,
+    output_axes,
+    parse_position,
+    parse_range,
+    read_image,
+    read_prompts,
+)
 from ._cli_output import AtomicOutput, UsageError, write_tiff
 
 PROG = "napari-sam2"
-#: Set to 1 to make ``napari-sam2 demo`` build the viewer and return without the event loop.
-DEMO_NO_RUN_ENV = "NAPARI_SAM2_DEMO_NO_RUN"
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
@@ -50,34 +57,6 @@ def _say(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err) or type(err).__name__
-    if isinstance(err, KeyError) and err.args:
-        text = str(err.args[0])
-    return " ".join(text.split())
-
-
-@contextlib.contextmanager
-def _input(what: str) -> Iterator[None]:
-    """Turn errors reading user input into :class:`UsageError` (exit 2)."""
-    from .core.frame_source import FrameReadError
-
-    try:
-        yield
-    except UsageError:
-        raise
-    except (OSError, ValueError, TypeError, IndexError, FrameReadError) as err:
-        raise UsageError(f"{what}: {_one_line(err)}" if what else _one_line(err)) from err
-
-
-def _existing_file(path: str, what: str) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise UsageError(f"{what} {path} does not exist")
-    return p
-
-
-# ---------------------------------------------------------------------------------------------
 # ---------------------------------------------------------------------------------------------
 def _check_model(name: str) -> None:
     from .models.checkpoints import _ALIASES, REGISTRY
@@ -101,7 +80,7 @@ def _load_model(args: argparse.Namespace, video: bool) -> Any:
     from .models.build import ConfigError
     from .models.checkpoints import CheckpointError, load_model, resolve_device
 
-    with _input("--device"):
+    with input_errors("--device"):
         device = resolve_device(args.device)
     _say(f"loading model {args.model} on {device}")
     try:
@@ -110,93 +89,7 @@ def _load_model(args: argparse.Namespace, video: bool) -> Any:
             video=video, progress=not args.quiet, precision=args.precision,
         )
     except (CheckpointError, ConfigError) as err:
-        raise UsageError(_one_line(err)) from err
-
-
-def _parse_range(text: str | None, num_frames: int) -> tuple[int, int] | None:
-    """``"a:b"`` (python slice, ``b`` exclusive, either end optional) -> inclusive (a, b - 1)."""
-    if text is None:
-        return None
-    start, sep, stop = text.partition(":")
-    try:
-        if not sep:
-            raise ValueError
-        first = int(start) if start.strip() else 0
-        end = int(stop) if stop.strip() else num_frames
-    except ValueError:
-        raise UsageError(f"--range must look like a:b (frames a to b-1), got {text!r}") from None
-    if not 0 <= first < end <= num_frames:
-        raise UsageError(
-            f"--range {text} is not within the stack's {num_frames} frames (0:{num_frames})"
-        )
-    return first, end - 1
-
-
-def _parse_position(items: list[str] | None) -> dict[int, int] | None:
-    if not items:
-        return None
-    position = {}
-    for item in items:
-        axis, sep, index = item.partition("=")
-        try:
-            if not sep:
-                raise ValueError
-            position[int(axis)] = int(index)
-        except ValueError:
-            raise UsageError(f"--position must look like AXIS=INDEX, got {item!r}") from None
-    return position
-
-
-def _read_prompts(args: argparse.Namespace, frame_axis: int | None) -> list:
-    from .core.annotations import merge_prompts, prompts_from_boxes, prompts_from_points
-    from .core.napari_csv import read_points_csv, read_shapes_csv
-
-    groups = []
-    if args.points:
-        _existing_file(args.points, "points file")
-        with _input(""):
-            coords, positive, obj_ids = read_points_csv(args.points)
-        with _input(args.points):
-            _check_dims(coords.shape[1], frame_axis, "points")
-            groups.append(prompts_from_points(coords, positive, obj_ids, frame_axis=frame_axis))
-    if args.boxes:
-        _existing_file(args.boxes, "boxes file")
-        with _input(""):
-            rects, box_ids = read_shapes_csv(args.boxes)
-        with _input(args.boxes):
-            if rects:
-                _check_dims(rects[0].shape[1], frame_axis, "rectangles")
-            groups.append(prompts_from_boxes(rects, box_ids, frame_axis=frame_axis))
-    with _input(""):
-        prompts = merge_prompts(*groups)
-    if not prompts:
-        raise UsageError("no prompts: the points/boxes files hold no annotations")
-    return prompts
-
-
-def _check_dims(ndim: int, frame_axis: int | None, what: str) -> None:
-    if frame_axis is None and ndim != 2:
-        raise ValueError(
-            f"the {what} have {ndim} coordinates, but the image is 2D: expected (y, x) "
-            "(axis-0, axis-1)"
-        )
-    if frame_axis is not None and ndim < 3:
-        raise ValueError(
-            f"the {what} have {ndim} coordinates (y, x) but the stack needs a frame coordinate "
-            "too: draw them on a Points/Shapes layer over the stack"
-        )
-
-
-def _output_axes(path: Path, default: str = "T") -> str:
-    """``"ZYX"`` for a TIFF whose first axis is Z, else ``"TYX"``."""
-    if path.suffix.lower() in (".tif", ".tiff") and path.is_file():
-        with contextlib.suppress(Exception):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                if tif.series and tif.series[0].axes[:1] == "Z":
-                    return "ZYX"
-    return f"{default}YX"
+        raise UsageError(one_line(err)) from err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,10 +102,10 @@ def cmd_track(args: argparse.Namespace) -> int:
     if not (args.points or args.boxes):
         raise UsageError("give the prompts with --points POINTS.csv and/or --boxes BOXES.csv")
     _check_model(args.model)
-    stack_path = _existing_file(args.stack, "stack")
-    prompts = _read_prompts(args, frame_axis=args.frame_axis)
-    position = _parse_position(args.position)
-    with _input(str(stack_path)):
+    stack_path = existing_file(args.stack, "stack")
+    prompts = read_prompts(args, frame_axis=args.frame_axis)
+    position = parse_position(args.position)
+    with input_errors(str(stack_path)):
         try:
             frames = open_frames(
                 stack_path, frame_axis=args.frame_axis, channel_axis=args.channel_axis,
@@ -228,9 +121,9 @@ def cmd_track(args: argparse.Namespace) -> int:
     with frames:
         num_frames = frames.num_frames
         height, width = frames.frame_shape
-        with _input(""):
+        with input_errors(""):
             prompts = validate_prompts(prompts, num_frames, height, width)
-        frame_range = _parse_range(args.range, num_frames)
+        frame_range = parse_range(args.range, num_frames)
         if frame_range is not None and not any(
             frame_range[0] <= p.frame_idx <= frame_range[1] for p in prompts
         ):
@@ -239,8 +132,8 @@ def cmd_track(args: argparse.Namespace) -> int:
         with AtomicOutput(args.out, args.overwrite) as output:
             import tifffile
 
-            axes = _output_axes(stack_path)
-            with _input(f"cannot write {args.out}"):
+            axes = output_axes(stack_path)
+            with input_errors(f"cannot write {args.out}"):
                 labels = tifffile.memmap(
                     output.tmp, shape=(num_frames, height, width), dtype=dtype,
                     imagej=dtype == np.uint16, photometric="minisblack",
@@ -267,52 +160,27 @@ def cmd_track(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _read_image(path: Path) -> Any:
-    import numpy as np
-
-    if path.is_dir():
-        raise UsageError(f"image {path} is a folder; segment takes one image file")
-    with _input(str(path)):
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            image = tifffile.imread(path)
-        else:
-            import imageio.v3 as iio
-
-            image = iio.imread(path)
-    image = np.asarray(image)
-    image = np.squeeze(image) if image.ndim > 2 else image
-    is_multichannel = image.ndim == 3 and (image.shape[-1] <= 4 or image.shape[0] <= 4)
-    if image.ndim != 2 and not is_multichannel:
-        raise UsageError(
-            f"image {path} has shape {image.shape}: segment takes one 2D image (H×W or with a "
-            f"few channels); for a stack use '{PROG} track'"
-        )
-    return image
-
-
 def cmd_segment(args: argparse.Namespace) -> int:
     import numpy as np
 
     _check_model(args.model)
-    image_path = _existing_file(args.image, "image")
+    image_path = existing_file(args.image, "image")
     if args.auto and (args.points or args.boxes):
         raise UsageError("--auto segments everything; do not combine it with --points/--boxes")
     if not args.auto and not (args.points or args.boxes):
         raise UsageError("give --auto, or prompts with --points and/or --boxes")
-    image = _read_image(image_path)
-    prompts = None if args.auto else _read_prompts(args, frame_axis=None)
+    image = read_image(image_path)
+    prompts = None if args.auto else read_prompts(args, frame_axis=None)
     from .core.normalization import normalize_image
 
-    with _input(str(image_path)):
+    with input_errors(str(image_path)):
         ready = image.dtype == np.uint8 and (image.ndim == 2 or image.shape[-1] == 3)
         rgb = image if ready else normalize_image(image)[0]
     height, width = rgb.shape[:2]
     if prompts is not None:
         from .core.annotations import validate_prompts
 
-        with _input(""):
+        with input_errors(""):
             prompts = validate_prompts(prompts, 1, height, width)
     with AtomicOutput(args.out, args.overwrite) as output:
         model = _load_model(args, video=False)
@@ -383,66 +251,15 @@ def cmd_download(args: argparse.Namespace) -> int:
         read_state_dict(path)  # a complete, safe PyTorch checkpoint?
     except CheckpointError as err:
         path.unlink(missing_ok=True)
-        raise RuntimeError(f"{_one_line(err)} The file was removed; try again.") from err
+        raise RuntimeError(f"{one_line(err)} The file was removed; try again.") from err
     print(path)
     return EXIT_OK
 
 
-def _widget_name() -> str:
-    """Display name of this plugin's dock widget, from its npe2 manifest."""
-    import npe2
-
-    manifest = npe2.PluginManager.instance().get_manifest("napari-sam2")
-    widgets = list(manifest.contributions.widgets or [])
-    if not widgets:
-        raise RuntimeError("this installation of napari-sam2 has no dock widget")
-    return widgets[0].display_name
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    no_run = args.no_run or os.environ.get(DEMO_NO_RUN_ENV, "") not in ("", "0")
-    model = None
-    if args.model is not None:
-        _check_model(args.model)
-        model = os.path.abspath(args.model) if Path(args.model).is_file() else args.model
-    import napari
+    from ._cli_demo import run_demo  # napari and Qt only for this command
 
-    viewer = napari.Viewer(title="napari-sam2 demo")
-    try:
-        viewer.open_sample("napari-sam2", "timelapse")
-        _, widget = viewer.window.add_plugin_dock_widget("napari-sam2", _widget_name())
-        if model is not None:
-            widget.set_model(model, config=args.config, device=args.device,
-                             image_size=args.image_size)
-        layers = ", ".join(layer.name for layer in viewer.layers)
-        _say(f"demo ready: layers [{layers}], dock widget {type(widget).__name__}")
-        if no_run:
-            if model is not None:
-                _wait_until_idle(widget)
-                if getattr(widget, "model", None) is None:
-                    raise RuntimeError(f"the widget could not load {model}")
-                _say(f"model {args.model} loaded")
-            return EXIT_OK
-        napari.run()
-    finally:
-        if no_run:
-            viewer.close()
-    return EXIT_OK
-
-
-def _wait_until_idle(widget: Any, timeout: float = 300.0) -> None:
-    """Process Qt events until the widget's background work (model loading) is done."""
-    import time
-
-    from qtpy.QtWidgets import QApplication
-
-    deadline = time.monotonic() + timeout
-    while getattr(widget, "busy", False):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the dock widget is still busy after {timeout:.0f} s")
-        QApplication.processEvents()
-        time.sleep(0.02)
-    QApplication.processEvents()
+    return run_demo(args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -577,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         usage = isinstance(err, UsageError)
-        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr, flush=True)
+        print(f"{PROG}: error: {one_line(err)}", file=sys.stderr, flush=True)
         return EXIT_USAGE if usage else EXIT_FAILURE
     finally:
         if previous is not None:
