@@ -73,6 +73,9 @@ class VideoInferenceBase:
             within ``num_maskmem`` (times the memory stride) frames of it.
         add_all_frames_to_correct_as_cond: a correction on a tracked frame makes it a
             conditioning frame.
+        feature_cache_size: fixed capacity of each state's feature cache, or ``None`` to size
+            it by ``feature_cache_mib``.
+        feature_cache_mib: memory budget of the feature cache when its size is not fixed.
     """
 
     model: SAM2Base
@@ -80,6 +83,8 @@ class VideoInferenceBase:
     non_overlap_masks: bool
     clear_non_cond_mem_around_input: bool
     add_all_frames_to_correct_as_cond: bool
+    feature_cache_size: int | None
+    feature_cache_mib: float
 
     # ------------------------------------------------------------------ features
     def _encode_frame(self, state: VideoInferenceState, frame_idx: int) -> FrameFeatures:
@@ -107,7 +112,7 @@ class VideoInferenceBase:
         """With no fixed ``feature_cache_size``, let the cache hold as many frames as fit in
         ``feature_cache_mib`` (never fewer than it holds now). The position encodings are
         shared by all frames and not counted."""
-        if getattr(self, "feature_cache_size", 0) is not None:
+        if self.feature_cache_size is not None:
             return
         per_frame = sum(t.numel() * t.element_size() for t in feats.backbone_fpn)
         fit = int(self.feature_cache_mib * 2**20 // max(per_frame, 1))
