@@ -2,8 +2,9 @@
 lazy encoding, direction/range, bad input, failures and cancellation.
 
 Both predictors run the same random weights (the reference's, through our checkpoint loader)
-on the same normalised frames (the reference's frame loader is replaced by one returning our
-``image_to_tensor`` of the same uint8 frames). Hole filling is off on both (the reference needs
+on the same frames (the reference's frame loader is replaced by a lazy one that feeds each
+uint8 frame, as a lossless PNG, through the reference's own per-frame loader, so the
+reference resizes as it does for a JPEG folder; see also tests/core/test_video_resize.py). Hole filling is off on both (the reference needs
 a CUDA extension for it) and tested separately. Run with ``-s`` to see the measured differences.
 """
 
@@ -11,15 +12,17 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import io
 import os
 from unittest import mock
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from napari_sam2.core.frame_source import FrameReadError
-from napari_sam2.core.transforms import image_to_tensor
+from napari_sam2.core.transforms import IMAGENET_MEAN, IMAGENET_STD
 from napari_sam2.core.video_predictor import SAM2VideoPredictor, UnknownObjectError
 from napari_sam2.models.checkpoints import load_model
 from napari_sam2.models.postprocessing import fill_holes_in_mask_scores
@@ -28,6 +31,7 @@ from ..conftest import reference_config_name
 
 svp = pytest.importorskip("sam2.sam2_video_predictor")
 build_sam = pytest.importorskip("sam2.build_sam")
+misc = pytest.importorskip("sam2.utils.misc")
 
 TOL = 1e-3  # logits; masks may differ only where |logit| < TOL
 # Shift of the object-score logit (as in tests/models/test_sam2_model.py) so that objects are
@@ -64,7 +68,8 @@ def click(t: int, obj: int, h: int, w: int) -> list[list[float]]:
 
 
 class _RefFrames:
-    """Lazy stand-in for the reference's frame tensor: our preprocessing of the same frames."""
+    """Lazy stand-in for the reference's frame tensor: the reference's own loading (PIL
+    bicubic resize of the 8-bit frame, ImageNet mean/std) of each frame, on demand."""
 
     def __init__(self, frames: np.ndarray, image_size: int) -> None:
         self.frames, self.image_size = frames, image_size
@@ -73,7 +78,13 @@ class _RefFrames:
         return len(self.frames)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return image_to_tensor(self.frames[i], self.image_size)
+        buffer = io.BytesIO()
+        Image.fromarray(self.frames[i]).save(buffer, format="PNG")
+        buffer.seek(0)
+        img, _, _ = misc._load_img_as_tensor(buffer, self.image_size)
+        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        return (img.float() - mean) / std
 
 
 def ref_init_state(ref, frames: np.ndarray):

@@ -1,10 +1,23 @@
 """Image, coordinate and mask transforms between the original image and SAM 2's input space.
 
-* Images: ``uint8`` values are divided by 255, floats must already be in ``[0, 1]``; the image
-  is resized (bilinear, antialiased, aspect ratio *not* kept) to the model's square input size
-  ``S`` and normalised with the ImageNet mean and standard deviation, as SAM 2 was trained.
-  Grey images are replicated to R, G and B. Other data (16-bit, multichannel, NaN...) is
-  mapped first with :func:`napari_sam2.core.normalization.normalize_image`.
+* Images: the model sees a square ``S×S`` RGB input normalised with the ImageNet mean and
+  standard deviation, as SAM 2 was trained. SAM 2 resizes in two different ways, and so do we:
+
+  - **one image** (:func:`image_to_tensor`, used by the image predictor, the automatic mask
+    generator and image embeddings): ``uint8`` values are divided by 255 (floats must already
+    be in ``[0, 1]``), then the float image is resized bilinearly with antialiasing, as SAM 2's
+    image predictor does;
+  - **frames of a stack** (:func:`video_frame_to_tensor`, used by the video predictor and so
+    by tracking, the pre-encoder, the API's ``track``, the command line and the widget): a
+    ``uint8`` frame is resized *as 8-bit values* with PIL's bicubic filter and only then
+    divided by 255 -- exactly SAM 2's video frame loader, which produced its published video
+    results; a float frame (16-bit, float or multichannel microscopy data after
+    normalisation, which SAM 2 cannot read at all) is resized with the same bicubic kernel in
+    float, without the 8-bit rounding, and clipped to ``[0, 1]``.
+
+  The aspect ratio is *not* kept. Grey images are replicated to R, G and B. Other data
+  (16-bit, multichannel, NaN...) is mapped first with
+  :func:`napari_sam2.core.normalization.normalize_image`.
 * Coordinates: ``(x, y)`` pixels are divided by ``(W, H)`` and multiplied by ``S``; already
   normalised ``[0, 1]`` coordinates are only multiplied by ``S``.
 * Masks: low-resolution logits are optionally cleaned (small background holes filled, small
@@ -30,6 +43,7 @@ __all__ = [
     "check_image",
     "fill_holes_and_sprinkles",
     "image_to_tensor",
+    "video_frame_to_tensor",
 ]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -103,6 +117,45 @@ def image_to_tensor(
         x[None], size=(resolution, resolution), mode="bilinear", align_corners=False,
         antialias=True,
     )[0]
+    x = x.expand(3, -1, -1)  # grey -> RGB (no-op for RGB)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def video_frame_to_tensor(
+    image: np.ndarray, resolution: int, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Model input of a validated stack frame (see :func:`check_image`): ``3×S×S`` float32.
+
+    Resized as SAM 2's video frame loader resizes (bicubic, PIL's kernel with antialiasing;
+    aspect ratio not kept):
+
+    * ``uint8`` frames are resized as 8-bit images by PIL itself (rounded and clipped to
+      0..255 between the horizontal and vertical passes, as PIL does), then divided by 255:
+      the reference's numbers for JPEG/PNG folders and ``uint8`` arrays;
+    * float frames (``[0, 1]``, e.g. normalised 16-bit data) are resized with the same bicubic
+      kernel in float32 on ``device`` (torch's antialiased bicubic is PIL's kernel), without
+      8-bit rounding, and clipped to ``[0, 1]`` (bicubic overshoots at sharp edges).
+
+    A frame already ``S×S`` is not resampled.
+    """
+    size = (int(resolution), int(resolution))
+    if image.dtype == np.uint8:
+        if image.shape[:2] != size:
+            from PIL import Image
+
+            image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
+        x = torch.from_numpy(np.require(image, requirements=("C_CONTIGUOUS", "WRITEABLE")))
+        x = x.to(device)
+        x = (x[..., None] if x.ndim == 2 else x).permute(2, 0, 1).float().div(255)  # C×S×S
+    else:
+        pixels = np.require(image, np.float32, requirements=("C_CONTIGUOUS", "WRITEABLE"))
+        x = torch.from_numpy(pixels).to(device)
+        x = (x[..., None] if x.ndim == 2 else x).permute(2, 0, 1)  # H×W×C -> C×H×W
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x[None], size=size, mode="bicubic", align_corners=False,
+                              antialias=True)[0].clamp_(0.0, 1.0)
     x = x.expand(3, -1, -1)  # grey -> RGB (no-op for RGB)
     mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)

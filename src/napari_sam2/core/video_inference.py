@@ -7,9 +7,9 @@ video predictor so that the two are easy to compare.
 
 Frames are read from the state's :class:`~napari_sam2.core.frame_source.FrameSource` only
 when their features are needed, converted with
-:func:`~napari_sam2.core.transforms.image_to_tensor` (``uint8`` / ``[0, 1]`` float ->
-bilinear, antialiased resize to ``image_size × image_size`` -> ImageNet mean/std, as our image
-predictor) and encoded one at a time; the features of the last few frames stay in the state's
+:func:`~napari_sam2.core.transforms.video_frame_to_tensor` (bicubic resize to ``image_size ×
+image_size`` as SAM 2's video frame loader, ``uint8`` frames as 8-bit images -> ImageNet
+mean/std) and encoded one at a time; the features of the last few frames stay in the state's
 :class:`~napari_sam2.core.feature_cache.FeatureCache`.
 """
 
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..models.postprocessing import fill_holes_in_mask_scores
 from ..models.sam2 import NO_OBJ_SCORE
-from .transforms import check_image, image_to_tensor
+from .transforms import check_image, video_frame_to_tensor
 from .video_prompts import check_frame_idx
 from .video_state import FORWARD, REVERSE, FrameOutput, ObjectState, VideoInferenceState
 
@@ -100,7 +100,7 @@ class VideoInferenceBase:
                 frame = state.frames.read(frame_idx)
             image = check_image(frame, f"frame {frame_idx}")
             dtype = next(self.model.parameters()).dtype
-            x = image_to_tensor(image, self.model.image_size, state.device)[None].to(dtype)
+            x = video_frame_to_tensor(image, self.model.image_size, state.device)[None].to(dtype)
             out = self.model.forward_image(x)
             feats = FrameFeatures(tuple(out["backbone_fpn"]), tuple(out["vision_pos_enc"]))
             self._size_feature_cache(state, feats)
