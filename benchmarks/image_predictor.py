@@ -29,7 +29,7 @@ def main() -> None:
 
     from sam2.sam2_image_predictor import SAM2ImagePredictor as RefPredictor
 
-    from napari_sam2.core.image_predictor import SAM2ImagePredictor
+    from napari_sam2.core.image.predictor import SAM2ImagePredictor
     from napari_sam2.models.precision import set_precision
 
     ref_model, our_model = paired_models(args.config, args.image_size)

@@ -70,7 +70,7 @@ def build(config: str, image_size: int, which: str = "both", seed: int = 0, prec
     ``"ours"`` / ``"reference"`` builds only that one (the other is ``None``)."""
     from sam2.build_sam import build_sam2_video_predictor
 
-    from napari_sam2.core.video_predictor import SAM2VideoPredictor
+    from napari_sam2.core.video.predictor import SAM2VideoPredictor
     from napari_sam2.models.build import build_model
 
     folder = "sam2.1" if config.startswith("sam2.1") else "sam2"
@@ -95,7 +95,7 @@ def reference_loader(stack: SyntheticStack, image_size: int, preload: bool):
     loader) or a lazy sequence."""
     import sam2.sam2_video_predictor as svp
 
-    from napari_sam2.core.transforms import image_to_tensor
+    from napari_sam2.core.stacks.model_input import image_to_tensor
 
     class Lazy:
         def __len__(self):

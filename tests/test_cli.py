@@ -99,10 +99,10 @@ def test_track_end_to_end(tmp_path: Path, files, checkpoint) -> None:
 
     # The same run in-process, through the Python API.
     from napari_sam2 import api
-    from napari_sam2.core.annotations import (
+    from napari_sam2.core.annotations.prompts import (
         merge_prompts, prompts_from_boxes, prompts_from_points,
     )
-    from napari_sam2.core.napari_csv import read_points_csv, read_shapes_csv
+    from napari_sam2.core.annotations.napari_csv import read_points_csv, read_shapes_csv
     from napari_sam2.models.checkpoints import load_model
 
     coords, positive, ids = read_points_csv(files["points"])
@@ -160,7 +160,7 @@ def test_interrupted_tracking_leaves_no_output(tmp_path: Path, checkpoint, sig, 
 
 def test_segment_with_points_and_everything(tmp_path: Path, files, checkpoint) -> None:
     from napari_sam2 import api
-    from napari_sam2.core.image_predictor import SAM2ImagePredictor
+    from napari_sam2.core.image.predictor import SAM2ImagePredictor
     from napari_sam2.models.checkpoints import load_model
 
     image = tifffile.imread(files["image"])

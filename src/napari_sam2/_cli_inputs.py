@@ -31,7 +31,7 @@ def one_line(err: BaseException) -> str:
 @contextlib.contextmanager
 def input_errors(what: str) -> Iterator[None]:
     """Turn errors reading user input into :class:`UsageError` (exit 2)."""
-    from .core.frame_source import FrameReadError
+    from .core.stacks.source import FrameReadError
 
     try:
         yield
@@ -83,8 +83,8 @@ def parse_position(items: list[str] | None) -> dict[int, int] | None:
 
 
 def read_prompts(args: argparse.Namespace, frame_axis: int | None) -> list:
-    from .core.annotations import merge_prompts, prompts_from_boxes, prompts_from_points
-    from .core.napari_csv import read_points_csv, read_shapes_csv
+    from .core.annotations.prompts import merge_prompts, prompts_from_boxes, prompts_from_points
+    from .core.annotations.napari_csv import read_points_csv, read_shapes_csv
 
     groups = []
     if args.points:

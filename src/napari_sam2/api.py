@@ -9,10 +9,10 @@ Conventions
 -----------
 * Points are SAM's ``N×2`` ``(x, y)`` pixels (column first), boxes XYXY ``(x0, y0, x1, y1)``.
   Coordinates taken from napari layers are ``(…, y, x)``: turn them into prompts with
-  :mod:`napari_sam2.core.annotations` (``prompts_from_points``, ``prompts_from_boxes``).
+  :mod:`napari_sam2.core.annotations.prompts` (``prompts_from_points``, ``prompts_from_boxes``).
 * Images may be 8-bit RGB/grey, 16-bit, float, multichannel: other than ``uint8`` and floats in
   ``[0, 1]`` they are contrast-stretched (0.5-99.5 percentiles per channel) before SAM sees
-  them; pass ``normalization=`` (:class:`napari_sam2.core.normalization.Normalization`) to
+  them; pass ``normalization=`` (:class:`napari_sam2.core.stacks.normalization.Normalization`) to
   choose the mapping, e.g. ``Normalization(mode="limits", contrast_limits=(100, 3000))``.
 * ``model`` is an official name (``"sam2.1_hiera_tiny"`` … ``"sam2_hiera_large"``; the first
   use downloads it into the cache, see :func:`napari_sam2.models.checkpoints.load_model`), a
@@ -40,16 +40,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .core.annotations import FramePrompt, merge_prompts, prompts_from_dict, validate_prompts
-from .core.labels import label_dtype, masks_to_labels
+from .core.annotations.prompts import FramePrompt, merge_prompts, prompts_from_dict, validate_prompts
+from .core.annotations.labels import label_dtype, masks_to_labels
 
 if TYPE_CHECKING:
     import torch
 
-    from .core.automatic_mask_generator import SAM2AutomaticMaskGenerator
-    from .core.image_predictor import SAM2ImagePredictor
-    from .core.normalization import Normalization
-    from .core.video_predictor import SAM2VideoPredictor
+    from .core.image.mask_generator import SAM2AutomaticMaskGenerator
+    from .core.image.predictor import SAM2ImagePredictor
+    from .core.stacks.normalization import Normalization
+    from .core.video.predictor import SAM2VideoPredictor
     from .models.sam2 import SAM2Base
 
 __all__ = ["DEFAULT_MODEL", "segment_everything", "segment_image", "track"]
@@ -92,7 +92,7 @@ def _load(
 def _image_predictor(
     model: Any, config: Any, device: Any, image_size: Any, precision: str | None
 ) -> SAM2ImagePredictor:
-    from .core.image_predictor import SAM2ImagePredictor
+    from .core.image.predictor import SAM2ImagePredictor
 
     net = _load(model, config, device, image_size, video=False, precision=precision)
     return model if isinstance(model, SAM2ImagePredictor) else SAM2ImagePredictor(net)
@@ -101,7 +101,7 @@ def _image_predictor(
 def _video_predictor(
     model: Any, config: Any, device: Any, image_size: Any, precision: str | None
 ) -> SAM2VideoPredictor:
-    from .core.video_predictor import SAM2VideoPredictor
+    from .core.video.predictor import SAM2VideoPredictor
 
     net = _load(model, config, device, image_size, video=True, precision=precision)
     return model if isinstance(model, SAM2VideoPredictor) else SAM2VideoPredictor(net)
@@ -131,7 +131,7 @@ def segment_image(
         labels: ``N`` point labels, 1 foreground / 0 background; default all 1.
         box: ``4`` XYXY box ``(x0, y0, x1, y1)`` in pixels.
         model, device, config, image_size, precision: see the module docstring. A
-            :class:`~napari_sam2.core.image_predictor.SAM2ImagePredictor` is used as it is
+            :class:`~napari_sam2.core.image.predictor.SAM2ImagePredictor` is used as it is
             (with its own thresholds).
         multimask: let SAM propose 3 masks and return the one with the highest predicted IoU
             (often better for a single ambiguous click); default one mask.
@@ -168,7 +168,7 @@ def segment_everything(
     Args:
         image: as in :func:`segment_image`.
         model, device, config, image_size, precision: see the module docstring; a
-            :class:`~napari_sam2.core.automatic_mask_generator.SAM2AutomaticMaskGenerator` is
+            :class:`~napari_sam2.core.image.mask_generator.SAM2AutomaticMaskGenerator` is
             used as it is (then pass no ``amg_options``).
         normalization: intensity mapping; default automatic.
         amg_options: options of the generator, e.g. ``points_per_side=32``,
@@ -178,10 +178,10 @@ def segment_everything(
     Returns:
         ``H×W`` ``uint16`` label image (``uint32`` above 65535 masks): 0 background, label 1
         the largest mask, smaller masks painted over larger ones (see
-        :func:`napari_sam2.core.labels.masks_to_labels`).
+        :func:`napari_sam2.core.annotations.labels.masks_to_labels`).
     """
-    from .core.automatic_mask_generator import SAM2AutomaticMaskGenerator
-    from .core.normalization import normalize_image
+    from .core.image.mask_generator import SAM2AutomaticMaskGenerator
+    from .core.stacks.normalization import normalize_image
 
     if isinstance(model, SAM2AutomaticMaskGenerator):
         if amg_options:
@@ -201,7 +201,7 @@ def segment_everything(
 
 
 def _image_hw(image: Any) -> tuple[int, int]:
-    from .core.normalization import normalize_image
+    from .core.stacks.normalization import normalize_image
 
     array = np.asarray(image)
     if array.ndim == 2:
@@ -218,7 +218,7 @@ def _as_prompts(prompts: Any) -> list[FramePrompt]:
     if isinstance(prompts, Sequence) and all(isinstance(p, FramePrompt) for p in prompts):
         return merge_prompts(prompts)
     raise TypeError(
-        "prompts must be a list of FramePrompt (see napari_sam2.core.annotations) or a dict "
+        "prompts must be a list of FramePrompt (see napari_sam2.core.annotations.prompts) or a dict "
         "{(frame_idx, obj_id): {'points': N×2 (x, y), 'labels': N, 'box': XYXY}}"
     )
 
@@ -272,16 +272,16 @@ def track(
     Args:
         stack: ``T×H×W`` (or ``Z×H×W``) array-like -- numpy, ``np.memmap``, dask, zarr, a
             napari layer's ``.data`` -- or a path (TIFF, folder of images, ``.zarr``), or a
-            :class:`~napari_sam2.core.frame_source.FrameSource`. Frames are read one at a
+            :class:`~napari_sam2.core.stacks.source.FrameSource`. Frames are read one at a
             time, never the whole stack. Multichannel and higher-dimensional stacks: pass
             ``frame_axis``, ``channel_axis``, ``position`` (see
-            :func:`~napari_sam2.core.frame_source.open_frames`).
-        prompts: a list of :class:`~napari_sam2.core.annotations.FramePrompt` (e.g. from
+            :func:`~napari_sam2.core.stacks.source.open_frames`).
+        prompts: a list of :class:`~napari_sam2.core.annotations.prompts.FramePrompt` (e.g. from
             ``prompts_from_points``), or a dict ``{(frame_idx, obj_id): {"points": N×2 (x, y),
             "labels": N (1/0, default 1), "box": XYXY}}``. Object ids are the label values
             (>= 1). Checked against the stack: a point outside it raises :class:`ValueError`.
         model, device, config, image_size, precision: see the module docstring; a
-            :class:`~napari_sam2.core.video_predictor.SAM2VideoPredictor` is used as it is.
+            :class:`~napari_sam2.core.video.predictor.SAM2VideoPredictor` is used as it is.
         direction: ``"forward"`` (towards later frames), ``"backward"`` or ``"both"``.
         frame_range: ``(first, last)`` frames (inclusive) to track within; default all.
         normalization: intensity mapping for every frame (default: contrast limits from a

@@ -10,7 +10,7 @@ Commands::
     napari-sam2 demo [--model PATH]
 
 Prompts are CSV files saved from napari Points / Shapes layers ("File > Save Selected
-Layers..."); see :mod:`napari_sam2.core.annotations` for the columns used (``obj_id``,
+Layers..."); see :mod:`napari_sam2.core.annotations.prompts` for the columns used (``obj_id``,
 ``positive``).
 
 Outputs are written atomically: into a temporary file next to the destination, renamed onto it
@@ -96,8 +96,8 @@ def _load_model(args: argparse.Namespace, video: bool) -> Any:
 def cmd_track(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .core.annotations import validate_prompts
-    from .core.frame_source import open_frames
+    from .core.annotations.prompts import validate_prompts
+    from .core.stacks.source import open_frames
 
     if not (args.points or args.boxes):
         raise UsageError("give the prompts with --points POINTS.csv and/or --boxes BOXES.csv")
@@ -171,14 +171,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise UsageError("give --auto, or prompts with --points and/or --boxes")
     image = read_image(image_path)
     prompts = None if args.auto else read_prompts(args, frame_axis=None)
-    from .core.normalization import normalize_image
+    from .core.stacks.normalization import normalize_image
 
     with input_errors(str(image_path)):
         ready = image.dtype == np.uint8 and (image.ndim == 2 or image.shape[-1] == 3)
         rgb = image if ready else normalize_image(image)[0]
     height, width = rgb.shape[:2]
     if prompts is not None:
-        from .core.annotations import validate_prompts
+        from .core.annotations.prompts import validate_prompts
 
         with input_errors(""):
             prompts = validate_prompts(prompts, 1, height, width)
@@ -207,8 +207,8 @@ def _segment_prompts(model: Any, image: Any, prompts: list) -> Any:
     import numpy as np
 
     from .api import labels_from_logits
-    from .core.image_predictor import SAM2ImagePredictor
-    from .core.labels import label_dtype
+    from .core.image.predictor import SAM2ImagePredictor
+    from .core.annotations.labels import label_dtype
 
     predictor = SAM2ImagePredictor(model)
     predictor.set_image(image)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.video_inference import frame_read_lock
+from ..core.stacks.source import frame_read_lock
 from ._labels_writer import LabelsWriter, check_label_values
 from ._layers import spatial_shape
 from ._runs import PropagationRun
@@ -144,7 +144,7 @@ class ActionsMixin:
     def segment_everything(self, **options: Any) -> Any:
         """Segment every object on the current slice into new label values (after the
         largest one in use), on a worker; existing labels are never overwritten. ``options``
-        go to :class:`~napari_sam2.core.automatic_mask_generator.SAM2AutomaticMaskGenerator`."""
+        go to :class:`~napari_sam2.core.image.mask_generator.SAM2AutomaticMaskGenerator`."""
         self._require_idle("segment everything")
         if self._model is None or self._image is None:
             raise RuntimeError("Choose an image and load a model first.")

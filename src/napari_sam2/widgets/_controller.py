@@ -189,7 +189,7 @@ class WidgetController:
         return self._jobs.submit(worker)
 
     def _model_ready(self, name: str, model: Any) -> None:
-        from ..core.video_predictor import SAM2VideoPredictor
+        from ..core.video.predictor import SAM2VideoPredictor
 
         if isinstance(model, Failure):
             self._status("no model loaded" if self._model is None else self._status_text)

@@ -29,7 +29,7 @@ __all__ = ["FramePlacement", "LabelsWriter", "check_label_values", "merge_object
 
 @dataclass(frozen=True)
 class FramePlacement:
-    """Where frame ``t`` of a :class:`~napari_sam2.core.frame_source.FrameSource` lies in an
+    """Where frame ``t`` of a :class:`~napari_sam2.core.stacks.source.FrameSource` lies in an
     ``ndim``-dimensional Labels layer whose last two axes are Y, X.
 
     Attributes:

@@ -1,7 +1,7 @@
 """napari layers of a segmentation: the image's geometry, the output Labels layer and the two
 prompt layers (Points for clicks, Shapes for boxes). napari imports, no Qt.
 
-Prompt layers follow the convention of :mod:`napari_sam2.core.annotations`: a Points layer's
+Prompt layers follow the convention of :mod:`napari_sam2.core.annotations.prompts`: a Points layer's
 ``features`` has ``obj_id`` (the label value) and ``positive`` (foreground click) columns, with
 ``feature_defaults`` so new points get the current object and polarity; a Shapes layer's
 rectangles carry ``obj_id`` the same way.
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..core.annotations import (
+from ..core.annotations.prompts import (
     FramePrompt, merge_prompts, point_features, prompts_from_boxes, prompts_from_points,
 )
 from ._labels_writer import FramePlacement
@@ -92,8 +92,8 @@ class StackGeometry:
         return FramePlacement(self.ndim, self.frame_axis, dict(self.position))
 
     def open_frames(self, layer: Any, normalization: Any = None, **kwargs: Any) -> Any:
-        """A lazy :class:`~napari_sam2.core.frame_source.FrameSource` over the layer's data."""
-        from ..core.frame_source import open_frames
+        """A lazy :class:`~napari_sam2.core.stacks.source.FrameSource` over the layer's data."""
+        from ..core.stacks.source import open_frames
 
         data = image_data(layer)
         if self.frame_axis is None:

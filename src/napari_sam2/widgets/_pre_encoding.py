@@ -3,7 +3,7 @@
 :class:`PreEncodingMixin` is mixed into :class:`~napari_sam2.widgets._widget.SAM2Widget` next
 to :class:`~napari_sam2.widgets._controller.WidgetController`, whose state it uses. With
 :attr:`~PreEncodingMixin.pre_encode` on and a session of at least two slices, a
-:class:`~napari_sam2.core.pre_encoder.PreEncoder` encodes the current slice and its
+:class:`~napari_sam2.core.video.pre_encoder.PreEncoder` encodes the current slice and its
 neighbours into the session's feature cache while the user looks at the stack. It follows the
 viewer's current slice and the end of every job; it is paused while any job runs (the
 predictor's state is otherwise used by one job at a time), and closed when the session is
@@ -47,7 +47,7 @@ class PreEncodingMixin:
 
     @property
     def pre_encoder(self) -> Any:
-        """The running :class:`~napari_sam2.core.pre_encoder.PreEncoder`, or ``None``."""
+        """The running :class:`~napari_sam2.core.video.pre_encoder.PreEncoder`, or ``None``."""
         return self._pre_encoder
 
     # ------------------------------------------------------------------ driving it
@@ -64,7 +64,7 @@ class PreEncodingMixin:
             if self._jobs.busy:
                 return  # created when the jobs are done (see _pause_pre_encoder)
             self._close_pre_encoder()
-            from ..core.pre_encoder import PreEncoder
+            from ..core.video.pre_encoder import PreEncoder
 
             self._pre_encoder = PreEncoder(session.predictor, session.state, radius=RADIUS)
             self._pre_encoded_session = session

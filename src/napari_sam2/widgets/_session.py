@@ -1,8 +1,8 @@
 """The segmentation session behind the dock widget: prompts in, masks out. No Qt, no napari.
 
 A :class:`SegmentationSession` ties one stack (a
-:class:`~napari_sam2.core.frame_source.FrameSource`) to one
-:class:`~napari_sam2.core.video_predictor.SAM2VideoPredictor`. It keeps the prompts the user
+:class:`~napari_sam2.core.stacks.source.FrameSource`) to one
+:class:`~napari_sam2.core.video.predictor.SAM2VideoPredictor`. It keeps the prompts the user
 wants, per ``(frame, object)``, and turns their changes into masks:
 
 * :meth:`set_prompts` (main thread, cheap) records the prompts now on the annotation layers
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.annotations import FramePrompt, validate_prompts
+from ..core.annotations.prompts import FramePrompt, validate_prompts
 
 __all__ = ["FrameMasks", "SegmentationSession"]
 
@@ -55,7 +55,7 @@ class SegmentationSession:
     """Prompts per (frame, object) of one stack, and the masks they give.
 
     Args:
-        predictor: a :class:`~napari_sam2.core.video_predictor.SAM2VideoPredictor` (or any
+        predictor: a :class:`~napari_sam2.core.video.predictor.SAM2VideoPredictor` (or any
             object with SAM 2's video-predictor API).
         frames: the stack, as a ``FrameSource`` (a 2D image is a one-frame stack).
     """
@@ -216,7 +216,7 @@ class SegmentationSession:
     def expected_items(self, direction: str, frame_range: tuple[int, int] | None) -> int:
         """How many frames :meth:`propagate` will yield (for a progress bar): with ``"both"``
         the start frame comes twice, as in
-        :meth:`~napari_sam2.core.video_predictor.SAM2VideoPredictor.propagate`."""
+        :meth:`~napari_sam2.core.video.predictor.SAM2VideoPredictor.propagate`."""
         first, last = (0, self.num_frames - 1) if frame_range is None else frame_range
         prompted = sorted({f for f, _ in self._prompts if first <= f <= last}) or [first]
         start = prompted[-1] if direction == "backward" else prompted[0]

@@ -167,8 +167,8 @@ def propagate_worker(
 
 
 def _everything(model: Any, frame: np.ndarray, options: Mapping[str, Any]) -> np.ndarray:
-    from ..core.automatic_mask_generator import SAM2AutomaticMaskGenerator
-    from ..core.labels import masks_to_labels
+    from ..core.image.mask_generator import SAM2AutomaticMaskGenerator
+    from ..core.annotations.labels import masks_to_labels
 
     try:
         generator = SAM2AutomaticMaskGenerator(model, **dict(options))
@@ -180,7 +180,7 @@ def _everything(model: Any, frame: np.ndarray, options: Mapping[str, Any]) -> np
 
 def everything_worker(model: Any, frame: np.ndarray, options: Mapping[str, Any]) -> Any:
     """Worker returning ``H×W`` labels ``1..N`` of every object found in ``frame``
-    (largest first, see :func:`~napari_sam2.core.labels.masks_to_labels`)."""
+    (largest first, see :func:`~napari_sam2.core.annotations.labels.masks_to_labels`)."""
     return create_worker(
         _everything, model, frame, dict(options), _start_thread=False, _ignore_errors=True
     )

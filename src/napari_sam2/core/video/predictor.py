@@ -1,0 +1,373 @@
+"""Follow objects through a time-lapse or z-stack with SAM 2, and correct them anywhere.
+
+:class:`SAM2VideoPredictor` has the API of SAM 2's ``SAM2VideoPredictor``
+(``sam2.sam2_video_predictor``): ``init_state``, ``add_new_points_or_box``, ``add_new_mask``,
+``propagate_in_video``, ``clear_all_prompts_in_frame``, ``remove_object``, ``reset_state``,
+with the same arguments and return shapes, and gives the same numbers. Differences:
+
+* ``init_state`` takes anything :func:`~napari_sam2.core.stacks.source.open_frames` accepts
+  (numpy / dask / zarr arrays, a napari layer's data, a TIFF stack or image folder, a
+  :class:`~napari_sam2.core.stacks.source.FrameSource`); frames are read, normalised and
+  encoded only when needed, and the features of the last ``feature_cache_size`` frames are
+  cached (nothing is encoded by ``init_state`` itself);
+* per-frame results live in a :class:`~napari_sam2.core.video.results.FrameStore`: bounded RAM
+  whatever the stack length, the rest spilled to a temporary directory that is deleted by
+  ``reset_state`` / ``state.close()`` (or when the state is collected);
+* the state is a typed :class:`~napari_sam2.core.video.state.VideoInferenceState`;
+* :meth:`SAM2VideoPredictor.propagate` follows forward, backward or both ways within a range;
+* bad input raises ``ValueError`` / ``IndexError`` / ``KeyError`` naming the argument, before
+  anything is changed; ``clear_all_prompts_in_frame`` with an unknown ``obj_id`` raises
+  (SAM 2 silently creates a prompt-less object that later breaks propagation);
+* a new click or mask on a frame that is already a conditioning (prompted) frame of the object
+  keeps it a conditioning frame, so the correction is used by the next propagation (SAM 2
+  stores it as a tracked frame after a propagation, and then drops it);
+* after a click, the returned masks show every object's latest result on that frame;
+* a mask prompt must have the frame's ``H×W`` (SAM 2 resizes any 2D array);
+* hole filling (``fill_hole_area``) runs on any device (SAM 2 skips it without its CUDA
+  extension); ``clear_non_cond_mem_around_input`` clears the prompted object's memory (in
+  ``sam2==1.1.0`` that option fails with an ``AttributeError``);
+* ``propagate_in_video`` checks its arguments when called (errors surface at the call, not at
+  the first iteration); the memory encoding of new prompts still happens on the first step.
+
+A state is not meant to be used from several threads at once: run one call (or one
+propagation) at a time, e.g. stop iterating a propagation before adding prompts. The one
+exception is :meth:`encode_frame`, which a background
+:class:`~napari_sam2.core.video.pre_encoder.PreEncoder` may call while the user's thread works.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .feature_cache import FeatureCache
+from .engine import _MIN_AUTO_CACHE
+from ..stacks.source import open_frames
+from .results import FrameStore
+from .prompts import (
+    check_frame_idx, check_obj_id, concat_points, mask_inputs_from, point_inputs_from,
+)
+from .propagation import Output, VideoPropagationMixin
+from .state import NOT_TRACKED, REVERSE, ObjectState, TempOutput, VideoInferenceState
+
+if TYPE_CHECKING:
+    from ...models.sam2 import SAM2Base
+
+__all__ = ["SAM2VideoPredictor", "UnknownObjectError", "VideoInferenceState"]
+
+
+class UnknownObjectError(KeyError, RuntimeError):
+    """An ``obj_id`` that the state does not know (a ``KeyError``; also a ``RuntimeError``, the
+    type SAM 2 raises from ``remove_object(..., strict=True)``)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class SAM2VideoPredictor(VideoPropagationMixin):
+    """Track objects through a stack with SAM 2, one frame at a time.
+
+    Args:
+        model: a SAM 2 network (:func:`napari_sam2.models.checkpoints.load_model` with
+            ``video=True``), in eval mode.
+        fill_hole_area: fill background holes of at most this many low-res pixels in every
+            mask (default: ``model.fill_hole_area``, 8 for video models; 0 disables).
+        non_overlap_masks: give each pixel of the returned masks to one object at most.
+        clear_non_cond_mem_around_input: after a prompt, forget that object's tracked results
+            within ``num_maskmem`` frames of it.
+        add_all_frames_to_correct_as_cond: corrected frames become conditioning frames.
+        feature_cache_size: frames whose image features are kept (on the model's device);
+            by default as many as fit in ``feature_cache_mib`` (at least 4): 32 frames of
+            the tiny model at 1024 px, 128 at 512 px. A re-propagation over cached frames
+            does not run the image encoder again.
+        feature_cache_mib: the memory budget of the default feature cache, in MiB.
+        ram_window: tracked (non-conditioning) results kept in RAM per object; default: the
+            number of past frames the model reads, plus one.
+        spill_dir: where the temporary directory of spilled results is created (default:
+            the system's temporary directory).
+    """
+
+    def __init__(
+        self,
+        model: SAM2Base,
+        *,
+        fill_hole_area: int | None = None,
+        non_overlap_masks: bool = False,
+        clear_non_cond_mem_around_input: bool = False,
+        add_all_frames_to_correct_as_cond: bool = False,
+        feature_cache_size: int | None = None,
+        feature_cache_mib: float = 512,
+        ram_window: int | None = None,
+        spill_dir: str | os.PathLike | None = None,
+    ) -> None:
+        if not hasattr(model, "track_step"):
+            raise TypeError(f"model must be a SAM 2 network (SAM2Base), got {type(model).__name__}.")
+        self.model = model
+        area = getattr(model, "fill_hole_area", 0) if fill_hole_area is None else fill_hole_area
+        if isinstance(area, bool) or not isinstance(area, int) or area < 0:
+            raise ValueError(f"fill_hole_area must be an integer >= 0, got {area!r}.")
+        self.fill_hole_area = area
+        self.non_overlap_masks = bool(non_overlap_masks)
+        self.clear_non_cond_mem_around_input = bool(clear_non_cond_mem_around_input)
+        self.add_all_frames_to_correct_as_cond = bool(add_all_frames_to_correct_as_cond)
+        if feature_cache_size is not None:
+            FeatureCache(feature_cache_size)  # validates
+        if not feature_cache_mib >= 0:
+            raise ValueError(f"feature_cache_mib must be >= 0, got {feature_cache_mib!r}.")
+        self.feature_cache_size = feature_cache_size
+        self.feature_cache_mib = float(feature_cache_mib)
+        if ram_window is None:
+            ram_window = 1 + max(
+                model.num_maskmem * model.memory_temporal_stride_for_eval,
+                model.max_obj_ptrs_in_encoder if model.use_obj_ptrs_in_encoder else 0,
+            )
+        self.ram_window = ram_window
+        self.spill_dir = spill_dir
+        FrameStore(1, ram_window)  # validates ram_window
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        config: str | os.PathLike | None = None,
+        device: str | torch.device | None = "auto",
+        image_size: int | None = None,
+        progress: bool = True,
+        precision: str = "fast",
+        **kwargs: Any,
+    ) -> SAM2VideoPredictor:
+        """Load a model (official name such as ``"sam2.1_hiera_tiny"``, Hugging Face id
+        ``"facebook/sam2.1-hiera-tiny"``, or a checkpoint file) with the video settings and wrap
+        it; ``precision`` as in :func:`~napari_sam2.models.checkpoints.load_model`; ``kwargs``
+        go to the constructor."""
+        from ...models.checkpoints import load_model
+
+        model = load_model(
+            name_or_path, config=config, device=device, image_size=image_size, video=True,
+            progress=progress, precision=precision,
+        )
+        return cls(model, **kwargs)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.image_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # ------------------------------------------------------------------ state
+    def init_state(
+        self,
+        video_path_or_frames: Any = None,
+        offload_video_to_cpu: bool = False,
+        offload_state_to_cpu: bool = False,
+        async_loading_frames: bool = False,
+        *,
+        video_path: Any = None,
+        **frame_kwargs: Any,
+    ) -> VideoInferenceState:
+        """Open a stack for tracking.
+
+        Args:
+            video_path_or_frames: anything :func:`~napari_sam2.core.stacks.source.open_frames`
+                accepts (``video_path=`` is accepted as SAM 2 spells it).
+            offload_video_to_cpu, async_loading_frames: accepted for compatibility; frames are
+                always read lazily, one at a time.
+            offload_state_to_cpu: keep results in CPU RAM rather than on the model's device.
+            frame_kwargs: passed to ``open_frames`` (``frame_axis``, ``channel_axis``,
+                ``position``, ``normalization``, ``contrast_limits``, ...).
+        """
+        if (video_path_or_frames is None) == (video_path is None):
+            raise ValueError("Pass the stack once, as video_path_or_frames (or video_path).")
+        source = video_path_or_frames if video_path is None else video_path
+        frames = open_frames(source, **frame_kwargs)
+        device = self.model.device
+        storage = torch.device("cpu") if offload_state_to_cpu else device
+        return VideoInferenceState(
+            frames=frames,
+            owns_frames=frames is not source,
+            device=device,
+            storage_device=storage,
+            feature_cache=FeatureCache(
+                _MIN_AUTO_CACHE if self.feature_cache_size is None else self.feature_cache_size
+            ),
+            frame_store=FrameStore(frames.num_frames, self.ram_window, storage, self.spill_dir),
+        )
+
+    def reset_state(self, inference_state: VideoInferenceState) -> None:
+        """Remove every object, prompt and result (and the spilled files); frames and cached
+        features are kept."""
+        self._check_state(inference_state).clear_objects()
+
+    # ------------------------------------------------------------------ prompts
+    @torch.inference_mode()
+    def add_new_points_or_box(
+        self,
+        inference_state: VideoInferenceState,
+        frame_idx: int,
+        obj_id: Hashable,
+        points: Any = None,
+        labels: Any = None,
+        clear_old_points: bool = True,
+        normalize_coords: bool = True,
+        box: Any = None,
+    ) -> Output:
+        """Add clicks and/or a box for one object on one frame.
+
+        Args:
+            points: ``N×2`` (x, y) clicks in frame pixels (``[0, 1]`` without
+                ``normalize_coords``); labels: ``N`` ints, 1 foreground, 0 background.
+            clear_old_points: replace the frame's earlier clicks (else append to them).
+            box: ``(x0, y0, x1, y1)``; needs ``clear_old_points=True``.
+
+        Returns:
+            ``(frame_idx, obj_ids, video_res_masks)``: ``num_objects×1×H×W`` float logits of
+            every object on that frame (``> 0`` = object).
+        """
+        state = self._check_state(inference_state)
+        frame_idx = check_frame_idx(frame_idx, state.num_frames)
+        obj_id = check_obj_id(obj_id)
+        if box is not None and not clear_old_points:
+            raise ValueError(
+                "A box must come before any click: pass clear_old_points=True with a box."
+            )
+        new = point_inputs_from(
+            points, labels, box, normalize_coords, (state.video_height, state.video_width),
+            self.image_size, state.device,
+        )
+        obj = state.objects.get(obj_id)
+        old = None if obj is None or clear_old_points else obj.point_inputs.get(frame_idx)
+        return self._add_prompt(state, obj_id, frame_idx, concat_points(old, new), None)
+
+    add_new_points = add_new_points_or_box  # SAM 2's deprecated name
+
+    @torch.inference_mode()
+    def add_new_mask(
+        self, inference_state: VideoInferenceState, frame_idx: int, obj_id: Hashable, mask: Any
+    ) -> Output:
+        """Give one object's mask on one frame (``H×W``, bool or non-zero = object); returns
+        as :meth:`add_new_points_or_box`."""
+        state = self._check_state(inference_state)
+        frame_idx = check_frame_idx(frame_idx, state.num_frames)
+        obj_id = check_obj_id(obj_id)
+        mask_inputs = mask_inputs_from(
+            mask, (state.video_height, state.video_width), self.image_size, state.device
+        )
+        return self._add_prompt(state, obj_id, frame_idx, None, mask_inputs)
+
+    def _add_prompt(
+        self,
+        state: VideoInferenceState,
+        obj_id: Hashable,
+        frame_idx: int,
+        point_inputs: dict[str, torch.Tensor] | None,
+        mask_inputs: torch.Tensor | None,
+    ) -> Output:
+        is_new = obj_id not in state.objects
+        obj = state.add_object(obj_id) if is_new else state.objects[obj_id]
+        store = state.frame_store
+        tracked = int(obj.tracked[frame_idx])
+        is_init_cond_frame = tracked == NOT_TRACKED  # else: a correction of a tracked frame
+        temp = obj.temp_outputs.get(frame_idx)
+        is_cond = (
+            is_init_cond_frame
+            or self.add_all_frames_to_correct_as_cond
+            or store.is_cond(obj.key, frame_idx)
+            or (temp is not None and temp.is_cond)
+        )
+        prev_logits = None
+        if point_inputs is not None:
+            prev = temp.output if temp is not None else store.get(obj.key, frame_idx)
+            if prev is not None:  # refine the latest mask with the new clicks
+                prev_logits = torch.clamp(prev.pred_masks.to(state.device), -32.0, 32.0)
+        try:
+            out, _ = self._run_single_frame_inference(
+                state, obj, frame_idx, is_init_cond_frame, point_inputs, mask_inputs,
+                reverse=tracked == REVERSE, run_mem_encoder=False,
+                prev_sam_mask_logits=prev_logits,
+            )
+        except BaseException:
+            if is_new:
+                state.remove_object(obj_id)
+            raise
+        if point_inputs is not None:
+            obj.point_inputs[frame_idx] = point_inputs
+            obj.mask_inputs.pop(frame_idx, None)
+        else:
+            obj.mask_inputs[frame_idx] = mask_inputs
+            obj.point_inputs.pop(frame_idx, None)
+        obj.temp_outputs[frame_idx] = TempOutput(out, is_cond)
+        return frame_idx, state.obj_ids, self._consolidated_masks(state, frame_idx)
+
+    def _require_object(self, state: VideoInferenceState, obj_id: Any, what: str) -> ObjectState:
+        obj = state.objects.get(check_obj_id(obj_id))
+        if obj is None:
+            raise UnknownObjectError(
+                f"{what}: unknown obj_id {obj_id!r}; the objects are {state.obj_ids}."
+            )
+        return obj
+
+    @torch.inference_mode()
+    def clear_all_prompts_in_frame(
+        self,
+        inference_state: VideoInferenceState,
+        frame_idx: int,
+        obj_id: Hashable,
+        need_output: bool = True,
+    ) -> Output | None:
+        """Remove one object's clicks/box/mask on a frame. A prompted frame becomes an ordinary
+        tracked frame (keeping its mask until the next propagation).
+
+        Raises:
+            KeyError: unknown ``obj_id``.
+        """
+        state = self._check_state(inference_state)
+        frame_idx = check_frame_idx(frame_idx, state.num_frames)
+        obj = self._require_object(state, obj_id, "clear_all_prompts_in_frame")
+        obj.point_inputs.pop(frame_idx, None)
+        obj.mask_inputs.pop(frame_idx, None)
+        obj.temp_outputs.pop(frame_idx, None)
+        if state.frame_store.downgrade(obj.key, frame_idx):
+            obj.tracked[frame_idx] = NOT_TRACKED  # a new click there starts from scratch
+        if not need_output:
+            return None
+        return frame_idx, state.obj_ids, self._consolidated_masks(state, frame_idx)
+
+    @torch.inference_mode()
+    def remove_object(
+        self,
+        inference_state: VideoInferenceState,
+        obj_id: Hashable,
+        strict: bool = False,
+        need_output: bool = True,
+    ) -> tuple[list[Hashable], list[tuple[int, torch.Tensor]]]:
+        """Remove an object and all its results.
+
+        Returns:
+            ``(obj_ids, updated_frames)``: the remaining ids and, with ``need_output``, the
+            masks ``(frame_idx, num_objects×1×H×W)`` of the frames where it had prompts.
+
+        Raises:
+            KeyError: (also a ``RuntimeError``) unknown ``obj_id`` with ``strict=True``; with
+                ``strict=False`` it is ignored, as in SAM 2.
+        """
+        state = self._check_state(inference_state)
+        obj_id = check_obj_id(obj_id)
+        if obj_id not in state.objects:
+            if strict:
+                self._require_object(state, obj_id, "remove_object")
+            return state.obj_ids, []
+        if len(state.objects) == 1:
+            self.reset_state(state)
+            return state.obj_ids, []
+        frames = state.objects[obj_id].input_frames
+        state.remove_object(obj_id)
+        updated = []
+        if need_output:
+            updated = [(t, self._consolidated_masks(state, t)) for t in frames]
+        return state.obj_ids, updated
