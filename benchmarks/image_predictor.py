@@ -36,7 +36,9 @@ def main() -> None:
     ref = RefPredictor(ref_model)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (768, 1024, 3), dtype=np.uint8)
-    x = torch.randn(1, 3, args.image_size, args.image_size, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(
+        1, 3, args.image_size, args.image_size, generator=torch.Generator().manual_seed(0)
+    )
     click = dict(point_coords=np.array([[500.0, 400.0]]), point_labels=np.array([1]))
 
     rows, notes = [], []
@@ -50,9 +52,11 @@ def main() -> None:
             enc = median_time(lambda: our_model.forward_image(x), args.repeats)
             rows.append((f"image encoder ({precision})", enc, enc_ref))
             rows.append((f"set_image {image.shape[1]}×{image.shape[0]} ({precision})",
-                         median_time(lambda: ours.set_image(image), args.repeats), set_ref))
+                         median_time(lambda ours=ours: ours.set_image(image), args.repeats),
+                         set_ref))
             rows.append((f"predict, one click ({precision})",
-                         median_time(lambda: ours.predict(**click), args.repeats * 5), click_ref))
+                         median_time(lambda ours=ours: ours.predict(**click), args.repeats * 5),
+                         click_ref))
             out = ours.predict(**click, multimask_output=True, return_logits=True)
             same = float(((out[0] > 0) == (ref_out[0] > 0)).mean())
             notes.append(f"{precision}: max |logit| diff {np.abs(out[0] - ref_out[0]).max():.2e}, "

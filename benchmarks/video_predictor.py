@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import os
 import subprocess
 import sys
 import time
@@ -65,7 +64,9 @@ def clicks(n_objects: int, size: int) -> list[list[float]]:
     return [[size * (0.2 + 0.6 * i / max(n_objects - 1, 1)), size * 0.5] for i in range(n_objects)]
 
 
-def build(config: str, image_size: int, which: str = "both", seed: int = 0, precision: str = "fast"):
+def build(
+    config: str, image_size: int, which: str = "both", seed: int = 0, precision: str = "fast"
+):
     """(reference video predictor, our predictor) on the same random weights; ``which`` =
     ``"ours"`` / ``"reference"`` builds only that one (the other is ``None``)."""
     from sam2.build_sam import build_sam2_video_predictor
@@ -156,7 +157,7 @@ def speed(args) -> None:
                 ours.model.load_state_dict(ref.state_dict())
                 calls = []
                 forward = ours.model.forward_image
-                ours.model.forward_image = lambda x, _f=forward: calls.append(1) or _f(x)
+                ours.model.forward_image = lambda x, _f=forward, _c=calls: _c.append(1) or _f(x)
                 with ours.init_state(stack) as state:
                     mine = _track(ours, state, n_obj, args.image_size, args.frames)
                     cached = len(state.feature_cache)
@@ -219,7 +220,7 @@ def rss_worker(which: str, config: str, image_size: int, n: int, frame_size: int
         "end_mib": samples[-1][1], "growth_kib_per_frame": slope * 1024,
         "peak_mib": rss_mib("VmHWM"),  # ru_maxrss would include the parent's, inherited
         "s_per_frame": elapsed / n,
-        "spilled": getattr(getattr(state, "frame_store", None), "spilled_count", lambda: None)(),
+        "spilled": getattr(getattr(state, "results", None), "spilled_count", lambda: None)(),
     }
 
 

@@ -3,6 +3,7 @@
 #   system packages for Qt under a virtual X server, a virtual environment in .venv,
 #   pinned PyTorch, napari-sam2 with its test extras, and the reference sam2 package
 #   (the oracle of the parity tests). Safe to run again; steps already done are quick.
+#   Before pytest: ruff (lint) and import-linter (the package's layers, pyproject.toml).
 # Usage: bash scripts/test.sh [extra pytest arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,5 +32,10 @@ pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${pip[@]}" install -q -e ".[testing]"
 # The reference implementation, a test-only dependency; built without its CUDA extension.
 SAM2_BUILD_CUDA=0 "${pip[@]}" install -q --no-build-isolation sam2==1.1.0
+
+echo "ruff check"
+"$VENV/bin/ruff" check .
+echo "lint-imports"
+"$VENV/bin/lint-imports" --no-cache
 
 exec xvfb-run -a -s "-screen 0 1280x1024x24" "$VENV/bin/python" -m pytest "$@"

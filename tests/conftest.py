@@ -44,7 +44,8 @@ def _reference_state(config: str, image_size: int, seed: int):
 
 @pytest.fixture(scope="session")
 def reference_model():
-    """``reference_model(config, image_size, seed=0)``: the reference network with random weights."""
+    """``reference_model(config, image_size, seed=0)``: the reference network with random
+    weights."""
     return lambda config, image_size=256, seed=0: _reference_state(config, image_size, seed)
 
 

@@ -45,3 +45,52 @@ def test_suite_fails_without_the_reference(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "sam2==1.1.0 is required" in result.stdout + result.stderr
+
+
+def _import_cycles(graph) -> list[list[str]]:
+    """Strongly connected groups of more than one module (Tarjan), i.e. import circles."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for other in graph.find_modules_directly_imported_by(module):
+            if other not in index:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in on_stack:
+                low[module] = min(low[module], index[other])
+        if low[module] == index[module]:
+            group = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                group.append(top)
+                if top == module:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    return cycles
+
+
+def test_no_import_circles() -> None:
+    """No module of the package imports, directly or through others, a module that imports it
+    back (imports under ``TYPE_CHECKING`` included)."""
+    import grimp
+
+    graph = grimp.build_graph("napari_sam2")
+    assert len(graph.modules) > 50
+    assert _import_cycles(graph) == []
+
+    # the detector itself finds a circle when there is one
+    graph.add_import(importer="napari_sam2.core.stacks.source", imported="napari_sam2.api")
+    assert any("napari_sam2.api" in group for group in _import_cycles(graph))

@@ -40,13 +40,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .core.annotations.prompts import FramePrompt, merge_prompts, prompts_from_dict, validate_prompts
 from .core.annotations.labels import label_dtype, masks_to_labels
+from .core.annotations.prompts import (
+    FramePrompt,
+    merge_prompts,
+    prompts_from_dict,
+    validate_prompts,
+)
 
 if TYPE_CHECKING:
     import torch
 
-    from .core.image.mask_generator import SAM2AutomaticMaskGenerator
     from .core.image.predictor import SAM2ImagePredictor
     from .core.stacks.normalization import Normalization
     from .core.video.predictor import SAM2VideoPredictor
@@ -218,7 +222,8 @@ def _as_prompts(prompts: Any) -> list[FramePrompt]:
     if isinstance(prompts, Sequence) and all(isinstance(p, FramePrompt) for p in prompts):
         return merge_prompts(prompts)
     raise TypeError(
-        "prompts must be a list of FramePrompt (see napari_sam2.core.annotations.prompts) or a dict "
+        "prompts must be a list of FramePrompt (see napari_sam2.core.annotations.prompts) "
+        "or a dict "
         "{(frame_idx, obj_id): {'points': N×2 (x, y), 'labels': N, 'box': XYXY}}"
     )
 

@@ -1,5 +1,6 @@
 """Configs: the 8 bundled configs give the reference's state-dict layout; reference-style and
-fine-tuning YAML files are accepted; bad configs give clear errors; Hydra's global state is untouched."""
+fine-tuning YAML files are accepted; bad configs give clear errors; Hydra's global state is
+untouched."""
 
 from __future__ import annotations
 

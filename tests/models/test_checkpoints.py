@@ -141,7 +141,8 @@ def test_unknown_device_is_refused_before_loading(official_checkpoint) -> None:
 
 
 def test_official_name_uses_the_cache(tmp_path: Path, monkeypatch, official_checkpoint) -> None:
-    """An official name resolves through the cache directory, so a file placed there works offline."""
+    """An official name resolves through the cache directory, so a file placed there works
+    offline."""
     monkeypatch.setenv("NAPARI_SAM2_CACHE", str(tmp_path))
     data = official_checkpoint("sam2.1_hiera_t").read_bytes()
     (tmp_path / "sam2.1_hiera_tiny.pt").write_bytes(data)

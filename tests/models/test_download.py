@@ -146,7 +146,9 @@ def test_cached_file_is_reused_without_request(server: _Server, cache: Path, cap
 def test_corrupted_cached_file_is_downloaded_again(server: _Server, cache: Path) -> None:
     cache.mkdir()
     (cache / NAME).write_bytes(b"\0" * len(PAYLOAD))  # right size, wrong bytes
-    path = fetch_checkpoint(server.url("ok"), NAME, known_hash=SHA256, cache_dir=cache, progress=False)
+    path = fetch_checkpoint(
+        server.url("ok"), NAME, known_hash=SHA256, cache_dir=cache, progress=False
+    )
     assert path.read_bytes() == PAYLOAD
     assert len(server.hits) == 1
 
@@ -154,7 +156,9 @@ def test_corrupted_cached_file_is_downloaded_again(server: _Server, cache: Path)
 def test_hash_mismatch(server: _Server, cache: Path) -> None:
     wrong = "0" * 64
     with pytest.raises(CheckpointIntegrityError) as info:
-        fetch_checkpoint(server.url("ok"), NAME, known_hash=f"sha256:{wrong}", cache_dir=cache, progress=False)
+        fetch_checkpoint(
+            server.url("ok"), NAME, known_hash=f"sha256:{wrong}", cache_dir=cache, progress=False
+        )
     msg = str(info.value)
     assert wrong in msg and SHA256 in msg and "removed" in msg and NAME in msg
     assert _contents(cache) == []
@@ -163,18 +167,30 @@ def test_hash_mismatch(server: _Server, cache: Path) -> None:
 
 def test_size_mismatch(server: _Server, cache: Path) -> None:
     with pytest.raises(CheckpointIntegrityError, match="wrong size"):
-        fetch_checkpoint(server.url("ok"), NAME, expected_size=len(PAYLOAD) + 1, cache_dir=cache, progress=False)
+        fetch_checkpoint(
+            server.url("ok"),
+            NAME,
+            expected_size=len(PAYLOAD) + 1,
+            cache_dir=cache,
+            progress=False,
+        )
     assert _contents(cache) == []
 
 
 @pytest.mark.parametrize("expected_size", [None, len(PAYLOAD)])
-def test_connection_dropped_mid_transfer(server: _Server, cache: Path, expected_size: int | None) -> None:
+def test_connection_dropped_mid_transfer(
+    server: _Server, cache: Path, expected_size: int | None
+) -> None:
     with pytest.raises(CheckpointDownloadError, match=f"could not download {NAME}"):
-        fetch_checkpoint(server.url("truncated"), NAME, expected_size=expected_size, cache_dir=cache)
+        fetch_checkpoint(
+            server.url("truncated"), NAME, expected_size=expected_size, cache_dir=cache
+        )
     assert _contents(cache) == []
 
 
-def test_keyboard_interrupt_mid_transfer(server: _Server, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_keyboard_interrupt_mid_transfer(
+    server: _Server, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(download, "_CHUNK_SIZE", 1024)  # several chunks
     seen_parts: list[int] = []
     original_update = tqdm.tqdm.update
@@ -209,7 +225,9 @@ def test_connection_refused(cache: Path) -> None:
     assert _contents(cache) == []
 
 
-def test_cache_dir_env_var(server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_dir_env_var(
+    server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv(CACHE_ENV_VAR, raising=False)
     assert cache_dir() == Path(pooch.os_cache("napari-sam2"))
     monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path / "env-cache"))
@@ -234,8 +252,12 @@ def test_concurrent_downloads_fetch_once(server: _Server, cache: Path) -> None:
 
     def worker() -> None:
         try:
-            results.append(fetch_checkpoint(server.url("slow"), NAME, known_hash=SHA256, cache_dir=cache, progress=False))
-        except BaseException as err:  # pragma: no cover - reported below
+            results.append(
+                fetch_checkpoint(
+                    server.url("slow"), NAME, known_hash=SHA256, cache_dir=cache, progress=False
+                )
+            )
+        except BaseException as err:  # noqa: BLE001 - reported below  # pragma: no cover
             errors.append(err)
 
     threads = [threading.Thread(target=worker) for _ in range(2)]

@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import torch
-
 import sam2.modeling.backbones.hieradet as ref_hieradet
 import sam2.modeling.backbones.image_encoder as ref_image_encoder
 import sam2.modeling.backbones.utils as ref_utils
 import sam2.modeling.position_encoding as ref_position_encoding
+import torch
 
 from napari_sam2.models.hiera import Hiera, window_partition, window_unpartition
 from napari_sam2.models.image_encoder import FpnNeck, ImageEncoder

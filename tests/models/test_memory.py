@@ -11,6 +11,10 @@ import inspect
 from pathlib import Path
 
 import pytest
+import sam2.modeling.memory_attention as ref_ma
+import sam2.modeling.memory_encoder as ref_me
+import sam2.modeling.position_encoding as ref_pe
+import sam2.modeling.sam.transformer as ref_tr
 import torch
 from torch import nn
 
@@ -18,11 +22,6 @@ from napari_sam2.models.attention import RoPEAttention
 from napari_sam2.models.memory_attention import MemoryAttention, MemoryAttentionLayer
 from napari_sam2.models.memory_encoder import CXBlock, Fuser, MaskDownSampler, MemoryEncoder
 from napari_sam2.models.position_encoding import PositionEmbeddingSine
-
-import sam2.modeling.memory_attention as ref_ma
-import sam2.modeling.memory_encoder as ref_me
-import sam2.modeling.position_encoding as ref_pe
-import sam2.modeling.sam.transformer as ref_tr
 
 TOL = 1e-4
 D_MODEL = 256
@@ -212,7 +211,10 @@ def test_memory_encoder_matches_reference(encoder_pair, skip_mask_sigmoid: bool)
     assert len(got["vision_pos_enc"]) == 1
     feat_diff = _max_diff(got["vision_features"], expected["vision_features"])
     pos_diff = _max_diff(got["vision_pos_enc"][0], expected["vision_pos_enc"][0])
-    print(f"memory encoder skip_sigmoid={skip_mask_sigmoid}: feat {feat_diff:.2e} pos {pos_diff:.2e}")
+    print(
+        f"memory encoder skip_sigmoid={skip_mask_sigmoid}: "
+        f"feat {feat_diff:.2e} pos {pos_diff:.2e}"
+    )
     assert feat_diff <= TOL
     assert pos_diff <= TOL
 
@@ -234,7 +236,7 @@ def _memory_inputs(
     mem_sine = PositionEmbeddingSine(MEM_DIM).grid(side, side, torch.device("cpu"))
     mem_sine = mem_sine.flatten(1).permute(1, 0)  # HW×64
     memory, memory_pos = [], []
-    for t in range(num_frames):
+    for _ in range(num_frames):
         memory.append(torch.randn(hw, batch, MEM_DIM, generator=gen))
         tpos = 0.02 * torch.randn(1, 1, MEM_DIM, generator=gen)
         memory_pos.append(mem_sine[:, None] + tpos)  # HW×B×64 after broadcast

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import pytest
+import sam2.modeling.sam.mask_decoder as ref_md
+import sam2.modeling.sam.prompt_encoder as ref_pe
+import sam2.modeling.sam.transformer as ref_tf
 import torch
 from torch import nn
 
-import sam2.modeling.sam.prompt_encoder as ref_pe
-import sam2.modeling.sam.transformer as ref_tf
-import sam2.modeling.sam.mask_decoder as ref_md
-
-from napari_sam2.models.mask_decoder import MaskDecoder  # noqa: E402
-from napari_sam2.models.prompt_encoder import PromptEncoder  # noqa: E402
-from napari_sam2.models.transformer import TwoWayTransformer  # noqa: E402
+from napari_sam2.models.mask_decoder import MaskDecoder
+from napari_sam2.models.prompt_encoder import PromptEncoder
+from napari_sam2.models.transformer import TwoWayTransformer
 
 TOL = 1e-4
 C = 256
@@ -149,7 +148,10 @@ def _decoders(flags: dict) -> tuple[nn.Module, nn.Module]:
         )
 
     torch.manual_seed(5)
-    return _pair(build(ref_md.MaskDecoder, ref_tf.TwoWayTransformer), build(MaskDecoder, TwoWayTransformer))
+    return _pair(
+        build(ref_md.MaskDecoder, ref_tf.TwoWayTransformer),
+        build(MaskDecoder, TwoWayTransformer),
+    )
 
 
 def _decoder_inputs(ref: nn.Module, b: int, repeat_image: bool, seed: int = 6):

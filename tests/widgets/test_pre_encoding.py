@@ -48,7 +48,9 @@ def test_pre_encode_follows_the_slice_pauses_for_jobs_and_closes(loaded, qtbot, 
     assert {3, 4, 5} <= set(_cached(widget)) and pre.encoded == 6 and len(calls) == 6
 
     paused_while_busy = []
-    widget._jobs.busy_changed.connect(lambda busy: paused_while_busy.append((busy, pre.is_paused)))
+    widget.controller.jobs.busy_changed.connect(
+        lambda busy: paused_while_busy.append((busy, pre.is_paused))
+    )
     with qtbot.waitSignal(widget.masks_updated, timeout=WAIT * 1000):
         widget.add_point((4, 30, 25))
     wait_idle(qtbot, widget)
@@ -118,8 +120,8 @@ def test_precision_choice_applies_now_later_and_to_new_models(
         widget.precision = "half"
 
     widget.add_point((1, 5, 5))
-    widget._sync()  # the prediction job starts now: the change waits for it
-    assert widget._jobs.busy
+    widget.controller.sync()  # the prediction job starts now: the change waits for it
+    assert widget.controller.jobs.busy
     widget.precision = "fast"
     assert widget.model.precision == "fp32" and widget.precision == "fast"
     wait_idle(qtbot, widget)

@@ -97,7 +97,9 @@ class RoPEAttention(Attention):
         else:
             w = h = math.isqrt(num_tokens)
             if w * h != num_tokens:
-                raise ValueError(f"RoPE attention needs a square token grid, got {num_tokens} tokens.")
+                raise ValueError(
+                    f"RoPE attention needs a square token grid, got {num_tokens} tokens."
+                )
         key = (w, h, str(device))
         if key not in self._tables:
             cos, sin = axial_rope_tables(self._head_dim, w, h, self.rope_theta)
@@ -119,7 +121,9 @@ class RoPEAttention(Attention):
 
         cos, sin = self._rope(q.shape[-2], q.device)
         if q.shape[-2] != k.shape[-2] and not self.rope_k_repeat:
-            raise ValueError("Queries and keys differ in length; this layer needs rope_k_repeat=True.")
+            raise ValueError(
+                "Queries and keys differ in length; this layer needs rope_k_repeat=True."
+            )
         q = apply_rope(q, cos, sin)
         num_k_rope = k.shape[-2] - num_k_exclude_rope
         if num_k_rope > 0:

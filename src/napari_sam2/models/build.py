@@ -3,7 +3,8 @@
 Configs use ``_target_`` entries and are instantiated with ``hydra.utils.instantiate`` on a plain
 OmegaConf node; Hydra's global state is never initialised, so host applications that use Hydra
 themselves are unaffected. Configs written for the reference ``sam2`` package (targets
-``sam2.modeling...``), including fine-tuning configs (``trainer.model``), are mapped onto our classes.
+``sam2.modeling...``), including fine-tuning configs (``trainer.model``), are mapped onto our
+classes.
 """
 
 from __future__ import annotations

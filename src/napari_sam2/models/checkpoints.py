@@ -61,7 +61,9 @@ class CheckpointInfo:
 def _entry(version: str, size: str, short: str, size_mb: int) -> CheckpointInfo:
     folder = "092824" if version == "sam2.1" else "072824"
     name = f"{version}_hiera_{size}"
-    return CheckpointInfo(name, f"{version}_hiera_{short}", f"{_BASE_URL}/{folder}/{name}.pt", size_mb)
+    return CheckpointInfo(
+        name, f"{version}_hiera_{short}", f"{_BASE_URL}/{folder}/{name}.pt", size_mb
+    )
 
 
 REGISTRY: dict[str, CheckpointInfo] = {
@@ -76,7 +78,8 @@ REGISTRY: dict[str, CheckpointInfo] = {
 }
 # Hugging Face model ids name the same files.
 _ALIASES = {
-    f"facebook/{info.name.split('_hiera_')[0]}-hiera-{info.name.split('_hiera_')[1].replace('_', '-')}": name
+    f"facebook/{info.name.split('_hiera_')[0]}-hiera-"
+    f"{info.name.split('_hiera_')[1].replace('_', '-')}": name
     for name, info in REGISTRY.items()
 }
 
@@ -93,9 +96,13 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"Device {device!r} was asked for, but PyTorch sees no CUDA GPU; use 'cpu'.")
+        raise ValueError(
+            f"Device {device!r} was asked for, but PyTorch sees no CUDA GPU; use 'cpu'."
+        )
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"Device {device!r} was asked for, but Apple MPS is not available; use 'cpu'.")
+        raise ValueError(
+            f"Device {device!r} was asked for, but Apple MPS is not available; use 'cpu'."
+        )
     return dev
 
 
@@ -160,11 +167,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             "tensors). Check that it is the .pt file you meant; a download may have saved an "
             "error page instead."
         ) from None
-    except Exception as err:  # torch raises many types for damaged files
+    except Exception as err:  # noqa: BLE001 - torch raises many types for damaged files
         raise CheckpointError(
             f"{path} is not a complete PyTorch checkpoint ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else 'no details'}). A download may have been cut "
-            "short: delete the file and fetch it again."
+            f"{str(err).splitlines()[0] if str(err) else 'no details'}). "
+            "A download may have been cut short: delete the file and fetch it again."
         ) from None
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         obj = obj["model"]
@@ -179,7 +186,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def infer_config(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """Name of the bundled config that matches a state dict's architecture, e.g. ``"sam2_hiera_s"``."""
+    """Name of the bundled config that matches a state dict's architecture, e.g.
+    ``"sam2_hiera_s"``."""
     width_key = "image_encoder.trunk.patch_embed.proj.weight"
     if width_key not in state_dict:
         raise CheckpointError(
@@ -206,7 +214,9 @@ def _explain_mismatch(
     wrong_shape: list[str],
 ) -> str:
     lines = [f"The checkpoint does not fit config {config!r}."]
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+    for label, keys in (
+        ("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)
+    ):
         if keys:
             shown = ", ".join(keys[:8]) + (f", … ({len(keys)} in all)" if len(keys) > 8 else "")
             lines.append(f"  {label} keys: {shown}")
@@ -221,7 +231,8 @@ def _explain_mismatch(
 
 
 def load_state_dict_strict(model: SAM2Base, state_dict: Mapping[str, Any], config: str) -> None:
-    """Copy ``state_dict`` into ``model``; raise :class:`CheckpointError` on any key/shape mismatch."""
+    """Copy ``state_dict`` into ``model``; raise :class:`CheckpointError` on any key/shape
+    mismatch."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -229,7 +240,9 @@ def load_state_dict_strict(model: SAM2Base, state_dict: Mapping[str, Any], confi
         k for k in set(own) & set(state_dict) if tuple(own[k].shape) != tuple(state_dict[k].shape)
     )
     if missing or unexpected or wrong_shape:
-        raise CheckpointError(_explain_mismatch(config, state_dict, missing, unexpected, wrong_shape))
+        raise CheckpointError(
+            _explain_mismatch(config, state_dict, missing, unexpected, wrong_shape)
+        )
     model.load_state_dict(state_dict, strict=True)
 
 
@@ -277,7 +290,11 @@ def load_model(
         except ConfigError as err:
             raise CheckpointError(str(err)) from None
     model = build_model(
-        config, image_size=image_size, postprocessing=postprocessing, video=video, precision=precision
+        config,
+        image_size=image_size,
+        postprocessing=postprocessing,
+        video=video,
+        precision=precision,
     )
     load_state_dict_strict(model, state_dict, str(config))
     return model.to(dev)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,9 @@ def activation_module(name_or_cls: str | type[nn.Module]) -> type[nn.Module]:
     if isinstance(name_or_cls, str):
         table = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
         if name_or_cls.lower() not in table:
-            raise ValueError(f"Unknown activation {name_or_cls!r}; expected one of {sorted(table)}.")
+            raise ValueError(
+                f"Unknown activation {name_or_cls!r}; expected one of {sorted(table)}."
+            )
         return table[name_or_cls.lower()]
     return name_or_cls
 

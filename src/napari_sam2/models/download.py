@@ -62,11 +62,11 @@ class ProgressBar(Protocol):
 
     total: Any
 
-    def update(self, n: int = 1) -> Any: ...  # noqa: D102
+    def update(self, n: int = 1) -> Any: ...
 
-    def reset(self) -> Any: ...  # noqa: D102
+    def reset(self) -> Any: ...
 
-    def close(self) -> Any: ...  # noqa: D102
+    def close(self) -> Any: ...
 
 
 def cache_dir() -> Path:

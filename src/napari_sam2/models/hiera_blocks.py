@@ -6,8 +6,8 @@ checkpoint layout (``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.laye
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

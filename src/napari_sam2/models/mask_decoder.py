@@ -260,7 +260,9 @@ class MaskDecoder(nn.Module):
 
         single_logits = all_mask_logits[:, 0:1]  # B×1×H×W
         single_scores = all_iou_scores[:, 0:1]  # B×1
-        stable = self._get_stability_scores(single_logits) >= self.dynamic_multimask_stability_thresh
+        stable = (
+            self._get_stability_scores(single_logits) >= self.dynamic_multimask_stability_thresh
+        )
         # stable: B×1
         mask_out = torch.where(stable[..., None, None], single_logits, best_logits)
         score_out = torch.where(stable, single_scores, best_scores)

@@ -25,7 +25,8 @@ For a frame that is not an initial conditioning frame the memory holds
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn

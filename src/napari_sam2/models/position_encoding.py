@@ -21,7 +21,8 @@ __all__ = [
 
 
 def _inverse_frequencies(num_feats: int, temperature: float, device: torch.device) -> torch.Tensor:
-    """``temperature ** (2 * (i // 2) / num_feats)`` for ``i < num_feats`` (pairs share a frequency)."""
+    """``temperature ** (2 * (i // 2) / num_feats)`` for ``i < num_feats`` (pairs share a
+    frequency)."""
     idx = torch.arange(num_feats, dtype=torch.float32, device=device)
     return temperature ** (2 * torch.div(idx, 2, rounding_mode="floor") / num_feats)
 
@@ -78,7 +79,10 @@ class PositionEmbeddingSine(nn.Module):
         pos_x = _interleave_sin_cos(xs[:, None] / inv)  # W×F
         f = self.num_pos_feats
         pos = torch.cat(
-            (pos_y[:, None, :].expand(height, width, f), pos_x[None, :, :].expand(height, width, f)),
+            (
+                pos_y[:, None, :].expand(height, width, f),
+                pos_x[None, :, :].expand(height, width, f),
+            ),
             dim=-1,
         ).permute(2, 0, 1)  # 2F×H×W
         pos = pos.contiguous()

@@ -64,7 +64,11 @@ def fast_fp32_available() -> bool:
     global _fast_ok
     if _fast_ok is None:
         flags = _matmul_flags()
-        if flags is None or not hasattr(flags, "fp32_precision") or not torch.backends.mkldnn.is_available():
+        if (
+            flags is None
+            or not hasattr(flags, "fp32_precision")
+            or not torch.backends.mkldnn.is_available()
+        ):
             _fast_ok = False
         else:
             gen = torch.Generator().manual_seed(0)

@@ -13,7 +13,8 @@ Conventions: ``B`` objects (batch), ``C`` = ``hidden_dim`` (256), ``C_mem`` = ``
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -316,7 +317,8 @@ class SAM2Base(SamHeadsMixin, MemoryConditioningMixin, MemoryWritingMixin, nn.Mo
         object_score_logits: torch.Tensor,
         current_out: dict[str, Any],
     ) -> None:
-        """Set ``maskmem_features`` and ``maskmem_pos_enc`` of ``current_out`` (``None``: skipped)."""
+        """Set ``maskmem_features`` and ``maskmem_pos_enc`` of ``current_out`` (``None``:
+        skipped)."""
         if run_mem_encoder and self.num_maskmem > 0:
             features, pos_enc = self._encode_new_memory(
                 current_vision_feats=current_vision_feats,

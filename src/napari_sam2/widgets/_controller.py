@@ -1,34 +1,105 @@
-"""Behaviour of the dock widget, separate from its layout: layers, model, session, jobs.
+"""Behaviour of the SAM 2 dock widget, without its Qt widgets: layers, model, session, jobs.
 
-:class:`WidgetController` is mixed into :class:`~napari_sam2.widgets._widget.SAM2Widget`; it
-holds the state (image, labels and prompt layers, the model and the
-:class:`~napari_sam2.widgets._session.SegmentationSession`) and the public scripting methods,
-and calls a few hooks the widget provides (notifications, progress, UI state, signals).
-Everything here runs on the main thread; model calls go to workers via the
-:class:`~napari_sam2.widgets._jobs.JobQueue`.
+:class:`WidgetController` holds the viewer, the image, labels and prompt layers, the model and
+the :class:`~napari_sam2.widgets._session.SegmentationSession`. It keeps the session in step
+with the prompt layers, runs every slow step on a worker, one at a time
+(:class:`~napari_sam2.widgets._jobs.JobQueue`), propagates (with cancel), segments everything
+on a slice and sets the model's precision; the background pre-encoder's lifetime is a
+:class:`~napari_sam2.widgets._pre_encoding.PreEncoding` it owns.
+
+It touches no Qt widget. A view (:class:`~napari_sam2.widgets._widget.SAM2Widget`) or a script
+sets its plain attributes and properties (:attr:`~WidgetController.image_size`,
+:attr:`~WidgetController.contrast_mode`, :attr:`~WidgetController.points_per_side`,
+:attr:`~WidgetController.overwrite`, :attr:`~WidgetController.current_object`,
+:attr:`~WidgetController.positive`, the layers, ...) and listens to its signals. Everything
+here runs on the main thread; no layer is touched from a worker.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 import numpy as np
+from napari.layers import Image
+from qtpy.QtCore import QObject, QTimer, Signal
 
+from ..core.stacks.source import frame_read_lock
 from ._jobs import JobQueue
-from ._labels_writer import LabelsWriter
-from ._layers import StackGeometry, make_labels_layer, read_prompts, spatial_shape
+from ._labels_writer import LabelsWriter, labels_max, write_new_labels
+from ._layers import (
+    MAX_LABEL,
+    StackGeometry,
+    box_vertices,
+    make_labels_layer,
+    plane_coords,
+    read_prompts,
+    spatial_shape,
+)
+from ._pre_encoding import PreEncoding
 from ._prompting import PromptLayers
+from ._runs import PropagationRun
 from ._session import SegmentationSession
-from ._workers import Failure, apply_worker, load_model_worker
+from ._workers import (
+    CancelHandle,
+    Failure,
+    apply_worker,
+    everything_worker,
+    load_model_worker,
+    propagate_worker,
+)
 
-__all__ = ["WidgetController"]
+__all__ = ["CONTRAST_MODES", "WidgetController"]
+
+#: How frames are scaled for the model: by the image layer's contrast limits, or by
+#: percentiles of each frame.
+CONTRAST_MODES = ("limits", "auto")
 
 
-class WidgetController:
-    """State and scripting API of the SAM 2 dock widget (see the widget's docstring)."""
+class WidgetController(QObject):
+    """State and scripting API of the SAM 2 dock widget, for one napari viewer.
 
-    def __init__(self, viewer: Any) -> None:
+    Args:
+        viewer: the napari viewer; its active layer is taken as the image if it is one, and
+            so is the first image added while none is chosen.
+        parent: optional Qt parent.
+    """
+
+    #: The network after :meth:`set_model` finished loading it.
+    model_loaded = Signal(object)
+    #: A frame's masks were (re)written after a prompt change: the frame index.
+    masks_updated = Signal(int)
+    propagation_started = Signal()
+    #: One propagated frame was written: the frame index.
+    frame_propagated = Signal(int)
+    #: A propagation ended: True if every frame was written, False if cancelled or failed.
+    propagation_finished = Signal(bool)
+    #: "Segment everything" wrote this many new labels.
+    everything_finished = Signal(int)
+    #: Background work started (True) or everything is done (False).
+    busy_changed = Signal(bool)
+
+    #: What the model is: "no model loaded", "loading …" or its name, device and size.
+    status_changed = Signal(str)
+    #: Propagation progress: (frames written, frames expected).
+    progress_changed = Signal(int, int)
+    #: A propagation was started (True) or has ended (False).
+    running_changed = Signal(bool)
+    #: The object id and polarity given to new prompts: (current_object, positive).
+    prompt_defaults_changed = Signal(int, bool)
+    #: The viewer's layers, the chosen image or labels layer, or the followed axis changed.
+    layers_changed = Signal()
+    precision_changed = Signal(str)
+    pre_encode_changed = Signal(bool)
+    overwrite_changed = Signal(bool)
+    #: A message for the user: (level, text) with level "info", "warning" or "error".
+    notice = Signal(str, str)
+    #: A failure to report: (context, exception); the context may be "".
+    failed = Signal(str, object)
+
+    def __init__(self, viewer: Any, parent: QObject | None = None) -> None:
+        super().__init__(parent)
         self._viewer = viewer
         self._image: Any = None
         self._labels: Any = None
@@ -40,22 +111,56 @@ class WidgetController:
         self._session_key: Any = None
         self._geometry: StackGeometry | None = None
         self._pending: dict = {}
-        self._run: Any = None  # the PropagationRun in progress
+        self._run: PropagationRun | None = None
         self._frame_axis = 0
         self._overwrite = False
-        self._refreshing = False
+        self._current_object = 1
+        self._positive = True
+        self._contrast_mode = "limits"
+        self._precision = "fast"
         self._sync_scheduled = False
         self._resync_when_idle = False
         self._shown_errors: set[str] = set()
-        self._hinted = False
-        self._status_text = "no model loaded"
-        self._precision = "fast"
-        self._jobs = JobQueue(self._next_prediction, self)  # type: ignore[arg-type]
+        self._model_text = "no model loaded"
+        self._status = self._model_text
+        self._alive = True
+        #: Model input size used by :meth:`set_model` when it is given none.
+        self.image_size = 1024
+        #: Default ``points_per_side`` of :meth:`segment_everything`.
+        self.points_per_side = 32
+        #: Whether the "load a model" hint was shown (set it to skip the hint).
+        self.hint_shown = False
+        self._jobs = JobQueue(self._next_prediction, self)
+        self._pre = PreEncoding(lambda: self._jobs.busy)
+        self._jobs.busy_changed.connect(self._on_busy)
+        viewer.dims.events.current_step.connect(self._refresh_pre_encoder)
+        layers = viewer.layers
+        layers.events.inserted.connect(self._on_layer_inserted)
+        layers.events.removed.connect(self._on_layer_removed)
+        active = layers.selection.active
+        if isinstance(active, Image):
+            self.image_layer = active
 
     # ------------------------------------------------------------------ public state
     @property
     def viewer(self) -> Any:
+        """The napari viewer."""
         return self._viewer
+
+    @property
+    def alive(self) -> bool:
+        """False once :meth:`shutdown` has run."""
+        return self._alive
+
+    @property
+    def jobs(self) -> JobQueue:
+        """The queue that runs the background jobs one at a time."""
+        return self._jobs
+
+    @property
+    def status(self) -> str:
+        """The text last sent with :attr:`status_changed`."""
+        return self._status
 
     @property
     def model(self) -> Any:
@@ -92,7 +197,7 @@ class WidgetController:
         self._drop_session()
         self._image, self._labels, self._prompts = layer, None, None
         if layer is None:
-            self._refresh_layer_combos()
+            self.layers_changed.emit()
             return
         if self._frame_axis >= max(1, len(spatial_shape(layer)) - 2):
             self._frame_axis = 0
@@ -102,9 +207,98 @@ class WidgetController:
                 tuple(candidate.data.shape) == spatial_shape(layer)
             ):
                 self._labels = candidate
-        self._refresh_layer_combos()
+        self.layers_changed.emit()
         if self._model is not None:
             self._activate()
+
+    @property
+    def labels_layer(self) -> Any:
+        """The output Labels layer (created over the image when first needed)."""
+        return self._labels
+
+    @labels_layer.setter
+    def labels_layer(self, layer: Any) -> None:
+        self._require_idle("change the labels layer")
+        needed = None if self._image is None else spatial_shape(self._image)
+        if layer is not None and needed is not None and tuple(layer.data.shape) != needed:
+            raise ValueError(
+                f"Labels layer {layer.name!r} has shape {tuple(layer.data.shape)}, but the image "
+                f"needs {needed}."
+            )
+        self._labels = layer
+        self.layers_changed.emit()
+
+    @property
+    def points_layer(self) -> Any:
+        """The Points layer whose points are clicks (features ``obj_id``, ``positive``)."""
+        return None if self._prompts is None else self._prompts.points
+
+    @property
+    def boxes_layer(self) -> Any:
+        """The Shapes layer whose rectangles are box prompts (feature ``obj_id``)."""
+        return None if self._prompts is None else self._prompts.boxes
+
+    @property
+    def frame_axis(self) -> int | None:
+        """The followed axis (``None`` for 2D images; chosen by the user for 4D data)."""
+        if self._image is None or len(spatial_shape(self._image)) == 2:
+            return None
+        return self._frame_axis
+
+    @frame_axis.setter
+    def frame_axis(self, axis: int) -> None:
+        self._require_idle("change the followed axis")
+        n_axes = 0 if self._image is None else len(spatial_shape(self._image)) - 2
+        if not 0 <= int(axis) < max(1, n_axes):
+            raise ValueError(f"frame_axis must be one of the {n_axes} non-spatial axes, got {axis}")
+        self._frame_axis = int(axis)
+        self.layers_changed.emit()
+        self._schedule_sync()
+
+    @property
+    def overwrite(self) -> bool:
+        """Whether masks may overwrite pixels of other label values (default False)."""
+        return self._overwrite
+
+    @overwrite.setter
+    def overwrite(self, value: bool) -> None:
+        if bool(value) != self._overwrite:
+            self._overwrite = bool(value)
+            self.overwrite_changed.emit(self._overwrite)
+
+    @property
+    def current_object(self) -> int:
+        """Label value given to new clicks and boxes (1 to 2**31 - 1)."""
+        return self._current_object
+
+    @current_object.setter
+    def current_object(self, obj_id: int) -> None:
+        self._current_object = int(np.clip(int(obj_id), 1, MAX_LABEL))
+        self._apply_defaults()
+
+    @property
+    def positive(self) -> bool:
+        """Polarity of new clicks (Shift-click gives the other one)."""
+        return self._positive
+
+    @positive.setter
+    def positive(self, value: bool) -> None:
+        self._positive = bool(value)
+        self._apply_defaults()
+
+    @property
+    def contrast_mode(self) -> str:
+        """How frames are scaled for the model: ``"limits"`` (the image layer's contrast
+        limits; default) or ``"auto"`` (percentiles of each frame)."""
+        return self._contrast_mode
+
+    @contrast_mode.setter
+    def contrast_mode(self, mode: str) -> None:
+        if mode not in CONTRAST_MODES:
+            raise ValueError(f"contrast_mode must be one of {CONTRAST_MODES}; got {mode!r}.")
+        if mode != self._contrast_mode:
+            self._contrast_mode = mode
+            self._schedule_sync()
 
     @property
     def precision(self) -> str:
@@ -127,49 +321,43 @@ class WidgetController:
             return
         self._require_idle("change the precision")
         self._precision = mode
-        self._show_precision(mode)
+        self.precision_changed.emit(mode)
         if not self._jobs.busy:
             self._apply_precision()
 
-    def _apply_precision(self) -> None:
-        """Give the loaded model the chosen precision (no job may be running)."""
-        model = self._model
-        if model is None or getattr(model, "precision", None) == self._precision:
-            return
-        from ..models.precision import set_precision
+    @property
+    def pre_encode(self) -> bool:
+        """Encode the slices next to the current one in the background (default False)."""
+        return self._pre.enabled
 
-        self._close_pre_encoder()  # no forward pass may run while the hooks change
-        set_precision(model, self._precision)
-        if self._session is not None:
-            self._session.state.feature_cache.clear()  # computed under the old precision
+    @pre_encode.setter
+    def pre_encode(self, on: bool) -> None:
+        changed = bool(on) != self._pre.enabled
+        self._pre.enabled = bool(on)
+        if changed:
+            self.pre_encode_changed.emit(self._pre.enabled)
         self._refresh_pre_encoder()
 
     @property
-    def labels_layer(self) -> Any:
-        """The output Labels layer (created over the image when first needed)."""
-        return self._labels
+    def pre_encoder(self) -> Any:
+        """The running :class:`~napari_sam2.core.video.pre_encoder.PreEncoder`, or ``None``."""
+        return self._pre.encoder
 
-    @labels_layer.setter
-    def labels_layer(self, layer: Any) -> None:
-        self._require_idle("change the labels layer")
-        needed = None if self._image is None else spatial_shape(self._image)
-        if layer is not None and needed is not None and tuple(layer.data.shape) != needed:
-            raise ValueError(
-                f"Labels layer {layer.name!r} has shape {tuple(layer.data.shape)}, but the image "
-                f"needs {needed}."
-            )
-        self._labels = layer
-        self._refresh_layer_combos()
-
-    @property
-    def points_layer(self) -> Any:
-        """The Points layer whose points are clicks (features ``obj_id``, ``positive``)."""
-        return None if self._prompts is None else self._prompts.points
-
-    @property
-    def boxes_layer(self) -> Any:
-        """The Shapes layer whose rectangles are box prompts (feature ``obj_id``)."""
-        return None if self._prompts is None else self._prompts.boxes
+    # ------------------------------------------------------------------ lifetime
+    def shutdown(self) -> None:
+        """Cancel any run and stop listening to the viewer and the prompt layers (idempotent)."""
+        if not self._alive:
+            return
+        self.cancel()
+        self._alive = False
+        self._pre.close()
+        self._viewer.dims.events.current_step.disconnect(self._refresh_pre_encoder)
+        for prompts in self._prompt_sets.values():
+            prompts.disconnect()
+        self._prompts = None
+        layers = self._viewer.layers
+        layers.events.inserted.disconnect(self._on_layer_inserted)
+        layers.events.removed.disconnect(self._on_layer_removed)
 
     # ------------------------------------------------------------------ model
     def set_model(
@@ -178,36 +366,190 @@ class WidgetController:
     ) -> Any:
         """Load a model (official name or checkpoint file) on a worker; returns the worker.
 
-        ``image_size`` defaults to the "image size" setting (1024). Refused while a
-        propagation runs. :attr:`model_loaded` is emitted when it is ready.
+        ``image_size`` defaults to :attr:`image_size` (1024). Refused while a propagation runs.
+        :attr:`model_loaded` is emitted when it is ready.
         """
         self._require_idle("change the model")
-        size = self._image_size() if image_size is None else int(image_size)
+        size = self.image_size if image_size is None else int(image_size)
         worker = load_model_worker(str(name_or_path), config, device, size)
         worker.returned.connect(partial(self._model_ready, str(name_or_path)))
-        self._status(f"loading {name_or_path} …")
+        self._show_status(f"loading {name_or_path} …")
         return self._jobs.submit(worker)
 
     def _model_ready(self, name: str, model: Any) -> None:
         from ..core.video.predictor import SAM2VideoPredictor
+        from ..models.precision import set_precision
 
         if isinstance(model, Failure):
-            self._status("no model loaded" if self._model is None else self._status_text)
+            self._show_status(self._model_text)
             self._report("Could not load the model", model.error)
             return
         self._drop_session()
-        from ..models.precision import set_precision
-
         set_precision(model, self._precision)
         # A click on any frame, including a tracked one, makes it a conditioning frame: the
         # correction is then kept when the object is propagated again.
         self._model = model
         self._predictor = SAM2VideoPredictor(model, add_all_frames_to_correct_as_cond=True)
-        self._status_text = f"{name} on {model.device} ({model.image_size} px)"
-        self._status(self._status_text)
-        self.model_loaded.emit(model)  # type: ignore[attr-defined]
+        self._model_text = f"{name} on {model.device} ({model.image_size} px)"
+        self._show_status(self._model_text)
+        self.model_loaded.emit(model)
         if self._image is not None:
             self._activate()
+
+    def _apply_precision(self) -> None:
+        """Give the loaded model the chosen precision (no job may be running)."""
+        model = self._model
+        if model is None or getattr(model, "precision", None) == self._precision:
+            return
+        from ..models.precision import set_precision
+
+        self._pre.close()  # no forward pass may run while the hooks change
+        set_precision(model, self._precision)
+        if self._session is not None:
+            self._session.state.feature_cache.clear()  # computed under the old precision
+        self._refresh_pre_encoder()
+
+    # ------------------------------------------------------------------ prompts
+    def new_object(self) -> int:
+        """Make the next free label value the current object; returns it."""
+        used = set() if self._prompts is None else self._prompts.object_ids()
+        self.current_object = max([labels_max(self._labels), *used]) + 1
+        return self.current_object
+
+    def toggle_positive(self) -> None:
+        """Switch the polarity of new clicks (the N key)."""
+        self.positive = not self.positive
+
+    def add_point(
+        self, position: Sequence[float], positive: bool | None = None, obj_id: int | None = None
+    ) -> None:
+        """Add a click at ``position`` (data coordinates of the image, or ``(y, x)`` on the
+        current slice); defaults: the current polarity and object."""
+        prompts = self._prompt_layers()
+        coords = plane_coords(position, self._current_indices())
+        obj_id = self.current_object if obj_id is None else obj_id
+        with prompts.defaults(obj_id, self.positive if positive is None else positive):
+            prompts.points.add(coords[None])
+
+    def add_box(
+        self, corner: Sequence[float], opposite: Sequence[float], obj_id: int | None = None
+    ) -> None:
+        """Add a box prompt from two opposite corners (as :meth:`add_point` positions)."""
+        prompts = self._prompt_layers()
+        current = self._current_indices()
+        verts = box_vertices(plane_coords(corner, current), plane_coords(opposite, current))
+        with prompts.defaults(self.current_object if obj_id is None else obj_id):
+            prompts.boxes.add_rectangles(verts)
+
+    def _apply_defaults(self) -> None:
+        """Give the current object and polarity to the prompt layers and the labels brush."""
+        obj_id, positive = self._current_object, self._positive
+        self.prompt_defaults_changed.emit(obj_id, positive)
+        if self._prompts is not None:
+            self._prompts.set_defaults(obj_id, positive)
+        if self._labels is not None:
+            self._labels.selected_label = obj_id
+
+    # ------------------------------------------------------------------ propagation
+    def propagate(self, direction: str = "both", frame_range: tuple[int, int] | None = None) -> Any:
+        """Track every object through the stack on a worker; returns the worker.
+
+        ``direction``: ``"forward"``, ``"backward"`` or ``"both"``; ``frame_range``:
+        ``(first, last)`` inclusive, or ``None`` for the whole stack. Each frame is written into
+        the Labels layer as it arrives (one undo step for the run);
+        :attr:`propagation_finished` is emitted at the end.
+        """
+        if self._run is not None:
+            raise RuntimeError("A propagation is already running; cancel it or wait.")
+        if self._model is None or self._image is None:
+            raise RuntimeError("Choose an image and load a model first.")
+        if self.frame_axis is None:
+            raise RuntimeError("A 2D image has nothing to propagate through.")
+        nothing = "Nothing to propagate: click an object (or draw a box) first."
+        if self._prompts is None:
+            raise ValueError(nothing)
+        session = self.sync()
+        if session is None:
+            raise RuntimeError("The prompts are being updated; try again in a moment.")
+        if not session.prompts:
+            raise ValueError(nothing)
+        handle = CancelHandle()
+        worker = propagate_worker(session, direction, frame_range, handle)
+        worker._sam2_session = session
+        writer = LabelsWriter(self._ensure_labels(), self._geometry.placement, self._overwrite)
+        labels = writer.layer
+        self._run = PropagationRun(
+            worker, handle, writer, session.expected_items(direction, frame_range),
+            can_write=lambda: labels in self._viewer.layers,
+            on_frame=self._on_frame, on_done=self._on_run_done,
+            on_error=partial(self._report, "Propagation failed"),
+        )
+        worker.started.connect(self._on_run_started)
+        self.running_changed.emit(True)
+        self.progress_changed.emit(0, self._run.total)
+        return self._jobs.submit(worker)
+
+    def cancel(self) -> None:
+        """Stop the propagation after the frame being computed; frames written so far stay."""
+        run = self._run
+        if run is None:
+            return
+        run.cancel()
+        if not run.started and self._jobs.remove(run.worker):
+            run.abandon()
+
+    def _on_run_started(self) -> None:
+        self.propagation_started.emit()
+
+    def _on_frame(self, frame_idx: int, done: int) -> None:
+        self.progress_changed.emit(done, self._run.total if self._run else done)
+        self.frame_propagated.emit(frame_idx)
+
+    def _on_run_done(self, run: PropagationRun, completed: bool) -> None:
+        if self._run is run:
+            self._run = None
+        self.running_changed.emit(False)
+        if completed:
+            self.progress_changed.emit(run.total, run.total)
+        self.propagation_finished.emit(completed)
+
+    # ------------------------------------------------------------------ segment everything
+    def segment_everything(self, **options: Any) -> Any:
+        """Segment every object on the current slice into new label values (after the
+        largest one in use), on a worker; existing labels are never overwritten. ``options``
+        go to :class:`~napari_sam2.core.image.mask_generator.SAM2AutomaticMaskGenerator`
+        (``points_per_side`` defaults to :attr:`points_per_side`)."""
+        self._require_idle("segment everything")
+        if self._model is None or self._image is None:
+            raise RuntimeError("Choose an image and load a model first.")
+        session = self._ensure_session()
+        if session is None:
+            raise RuntimeError("The prompts are being updated; try again in a moment.")
+        frame_idx = self.current_frame()
+        with frame_read_lock(session.frames):  # the pre-encoder may be reading too
+            frame = session.frames.read(frame_idx)
+        options = {"points_per_side": int(self.points_per_side), **options}
+        worker = everything_worker(self._model, frame, options)
+        worker.returned.connect(
+            partial(self._write_everything, self._image, self._geometry.placement, frame_idx)
+        )
+        return self._jobs.submit(worker)
+
+    def _write_everything(self, image: Any, placement: Any, frame_idx: int, found: Any) -> None:
+        if isinstance(found, Failure):
+            self._report("Segment everything failed", found.error)
+            return
+        if self._image is None or self._image is not image:
+            return
+        layer = self._ensure_labels()
+        used = set() if self._prompts is None else self._prompts.object_ids()
+        offset = max([labels_max(layer), *used])
+        try:
+            written = write_new_labels(layer, placement, frame_idx, found, offset)
+        except ValueError as err:
+            self._report("Segment everything", err)
+            return
+        self.everything_finished.emit(written)
 
     # ------------------------------------------------------------------ layers
     def _prompt_layers(self) -> PromptLayers:
@@ -217,7 +559,7 @@ class WidgetController:
         if self._prompts is None:
             uid = self._image.unique_id
             self._prompts = self._prompt_sets.get(uid) or PromptLayers(
-                self._viewer, self._image, self._schedule_sync, self._toggle_positive,
+                self._viewer, self._image, self._schedule_sync, self.toggle_positive,
                 self.new_object, self.current_object, self.positive,
             )
             self._prompt_sets[uid] = self._prompts
@@ -227,6 +569,8 @@ class WidgetController:
 
     def _activate(self) -> None:
         """Prompt layers for the image, the points layer active (in add mode)."""
+        if not self._alive:
+            return
         self._viewer.layers.selection.active = self._prompt_layers().points
         self._schedule_sync()
 
@@ -237,10 +581,40 @@ class WidgetController:
             layer.metadata["napari_sam2"] = {"role": "masks", "image": self._image.name}
             self._viewer.add_layer(layer)
             self._labels = layer
-            self._refresh_layer_combos()
+            self.layers_changed.emit()
             if active is not None and active in self._viewer.layers:
                 self._viewer.layers.selection.active = active
         return self._labels
+
+    def _on_layer_inserted(self, event: Any) -> None:
+        if not self._alive:
+            return
+        self.layers_changed.emit()
+        added = getattr(event, "value", None)
+        if self._image is None and isinstance(added, Image):  # the first image: take it
+            try:
+                self.image_layer = added
+            except Exception as err:  # noqa: BLE001 - reported to the user
+                self._report("", err)
+
+    def _on_layer_removed(self, event: Any) -> None:
+        if not self._alive:
+            return
+        layer = event.value
+        what = None
+        if self._image is not None and layer == self._image:
+            what = f"The image layer {layer.name!r} was deleted"
+        elif self._labels is not None and layer == self._labels:
+            what = f"The labels layer {layer.name!r} was deleted"
+            self._labels = None
+        elif self._prompts is not None and self._prompts.forget(layer):
+            what = f"The prompt layer {layer.name!r} was deleted"
+        if what is not None and self._run is not None:
+            self.cancel()
+            self.notice.emit("warning", f"{what}; the propagation was stopped.")
+        if self._image is not None and layer == self._image:
+            self._drop_image()
+        self.layers_changed.emit()
 
     def _drop_image(self) -> None:
         if self._prompts is not None:
@@ -250,7 +624,7 @@ class WidgetController:
         self._drop_session()
 
     def _drop_session(self) -> None:
-        self._close_pre_encoder()
+        self._pre.close()
         session, self._session, self._session_key = self._session, None, None
         self._pending = {}
         if session is not None:
@@ -276,8 +650,9 @@ class WidgetController:
     def _ensure_session(self) -> SegmentationSession | None:
         """The session for the image as it is now followed; ``None`` if it must wait."""
         geometry = StackGeometry.of(self._image, self._frame_axis, self._current_indices())
-        mode = self._contrast_mode()
-        limits = tuple(float(v) for v in self._image.contrast_limits) if mode == "limits" else None
+        limits = None
+        if self._contrast_mode == "limits":
+            limits = tuple(float(v) for v in self._image.contrast_limits)
         key = (self._image.unique_id, geometry, limits, id(self._model))
         if self._session is not None and key == self._session_key:
             return self._session
@@ -296,17 +671,21 @@ class WidgetController:
     def _schedule_sync(self) -> None:
         if not self._sync_scheduled:
             self._sync_scheduled = True
-            self._later(self._sync)
+            QTimer.singleShot(0, self.sync)
 
-    def _sync(self) -> SegmentationSession | None:
-        """Read the prompt layers, queue predictions for what changed."""
+    def sync(self) -> SegmentationSession | None:
+        """Read the prompt layers now and queue predictions for what changed; returns the
+        session, or ``None`` when there is none yet (no image, prompts or model; or a job
+        still uses the previous one)."""
         self._sync_scheduled = False
         if self._image is None or self._prompts is None:
             return None
         if self._model is None:
-            if self._prompts.object_ids() and not self._hinted:
-                self._hinted = True
-                self._notify_info("Load a model (Model ▸ Load model) to see your objects' masks.")
+            if self._prompts.object_ids() and not self.hint_shown:
+                self.hint_shown = True
+                self.notice.emit(
+                    "info", "Load a model (Model ▸ Load model) to see your objects' masks."
+                )
             return None
         try:
             session = self._ensure_session()
@@ -325,11 +704,6 @@ class WidgetController:
         self._jobs.poke()
         self._refresh_pre_encoder()
         return session
-
-    def _notify_once(self, message: str) -> None:
-        if message not in self._shown_errors:
-            self._shown_errors.add(message)
-            self._notify_error(message)
 
     def _next_prediction(self) -> Any:
         if not self._pending or self._session is None:
@@ -355,7 +729,45 @@ class WidgetController:
         except ValueError as err:  # e.g. a label value the layer's dtype cannot hold
             self._report("Could not write the mask", err)
             return
-        self.masks_updated.emit(frame_idx)  # type: ignore[attr-defined]
+        self.masks_updated.emit(frame_idx)
+
+    def _on_busy(self, busy: bool) -> None:
+        """Jobs started or all ended: a deferred precision, the pre-encoder, a deferred sync."""
+        if not busy:
+            self._apply_precision()
+        self._pre.jobs_busy(busy)
+        if not busy:
+            self._refresh_pre_encoder()
+        self.busy_changed.emit(busy)
+        if not busy and self._resync_when_idle:
+            self._resync_when_idle = False
+            self._schedule_sync()
+
+    # ------------------------------------------------------------------ pre-encoding
+    def _refresh_pre_encoder(self, event: Any = None) -> None:
+        """Point the pre-encoder at the slice the viewer shows, if that slice is one of the
+        current session's (for 4D data: the other axes are where the session was opened)."""
+        if not self._alive or not self._pre.enabled:
+            return
+        session = self._session
+        if session is not None and (self._image is None or StackGeometry.of(
+            self._image, self._frame_axis, self._current_indices()
+        ) != self._geometry):
+            session = None
+        self._pre.follow(session, 0 if session is None else self.current_frame())
+
+    # ------------------------------------------------------------------ reporting
+    def _show_status(self, text: str) -> None:
+        self._status = text
+        self.status_changed.emit(text)
+
+    def _report(self, context: str, err: BaseException) -> None:
+        self.failed.emit(context, err)
+
+    def _notify_once(self, message: str) -> None:
+        if message not in self._shown_errors:
+            self._shown_errors.add(message)
+            self.notice.emit("error", message)
 
     def _require_idle(self, what: str) -> None:
         if self._run is not None:

@@ -7,6 +7,7 @@ Rules (issue 5, "safety of the user's labels"):
   ``k`` where the mask is off;
 * labels of any other object -- painted by hand, committed earlier, or made by "segment
   everything" -- are never overwritten, unless the writer was made with ``overwrite=True``;
+* new labels (:func:`write_new_labels`, "segment everything") go only into pixels that are 0;
 * every write goes through :meth:`napari.layers.Labels.data_setitem`, so napari's undo works.
   One write is one undo step; the writes of a *run* (a propagation, see
   :meth:`LabelsWriter.begin_run`) are staged with napari's public ``Labels.block_history()``
@@ -24,7 +25,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FramePlacement", "LabelsWriter", "check_label_values", "merge_object_masks"]
+__all__ = [
+    "FramePlacement",
+    "LabelsWriter",
+    "check_label_values",
+    "labels_max",
+    "merge_object_masks",
+    "write_new_labels",
+]
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,31 @@ def check_label_values(layer: Any, largest: int) -> None:
             f"Label {largest} does not fit the {dtype} labels layer {layer.name!r} (at most "
             f"{np.iinfo(dtype).max}); choose or create a labels layer with a larger dtype."
         )
+
+
+def labels_max(layer: Any) -> int:
+    """The largest label value in ``layer`` (0 for no layer or an empty one)."""
+    if layer is None or not layer.data.size:
+        return 0
+    return int(np.max(layer.data))
+
+
+def write_new_labels(
+    layer: Any, placement: FramePlacement, frame_idx: int, found: np.ndarray, offset: int
+) -> int:
+    """Write ``found`` (``H×W`` labels ``1..N``, 0 for none) into frame ``frame_idx`` as the
+    values ``offset + 1 ..``, only where the layer's plane is 0, in one undo step; returns how
+    many label values were written. Raises ``ValueError`` (writing nothing) if the layer's
+    dtype cannot hold them."""
+    plane = np.asarray(layer.data[placement.key(frame_idx)])
+    free = np.nonzero((plane == 0) & (found > 0))
+    values = found[free].astype(np.int64) + offset
+    check_label_values(layer, int(values.max()) if values.size else 0)
+    values = values.astype(layer.data.dtype)
+    if free[0].size:
+        with layer.block_history():
+            layer.data_setitem(placement.full_indices(frame_idx, free), values)
+    return int(np.unique(values).size)
 
 
 class LabelsWriter:

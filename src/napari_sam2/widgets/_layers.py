@@ -9,6 +9,7 @@ rectangles carry ``obj_id`` the same way.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,21 +17,29 @@ import numpy as np
 import pandas as pd
 
 from ..core.annotations.prompts import (
-    FramePrompt, merge_prompts, point_features, prompts_from_boxes, prompts_from_points,
+    FramePrompt,
+    merge_prompts,
+    point_features,
+    prompts_from_boxes,
+    prompts_from_points,
 )
 from ._labels_writer import FramePlacement
 
 __all__ = [
+    "MAX_LABEL",
     "POSITIVE_COLORS",
     "StackGeometry",
+    "box_vertices",
     "make_boxes_layer",
     "make_labels_layer",
     "make_points_layer",
+    "plane_coords",
     "read_prompts",
     "spatial_shape",
 ]
 
 POSITIVE_COLORS = {True: "lime", False: "red"}
+MAX_LABEL = 2**31 - 1  # the largest object id offered for new prompts
 
 
 def image_data(layer: Any) -> Any:
@@ -114,6 +123,30 @@ class StackGeometry:
         for axis, index in self.position:
             keep &= np.round(coords[:, axis]) == index
         return keep
+
+
+def plane_coords(position: Sequence[float], current: tuple[int, ...]) -> np.ndarray:
+    """Data coordinates of ``position``: all ``len(current)`` of them, or ``(y, x)`` on the
+    current slice, whose other indices are taken from ``current`` (the image's current data
+    indices, one per non-RGB axis)."""
+    coords = np.asarray(position, dtype=float)
+    ndim = len(current)
+    if coords.shape[-1] == 2 and ndim > 2:
+        lead = np.asarray(current[:-2], dtype=float)
+        lead = np.broadcast_to(lead, (*coords.shape[:-1], ndim - 2))
+        coords = np.concatenate([lead, coords], axis=-1)
+    if coords.shape[-1] != ndim:
+        raise ValueError(f"Give {ndim} coordinates (data order, …, y, x) or just (y, x).")
+    return coords
+
+
+def box_vertices(corner: np.ndarray, opposite: np.ndarray) -> np.ndarray:
+    """The four vertices of the rectangle with two opposite corners, in napari's order:
+    ``(y0, x0), (y0, x1), (y1, x1), (y1, x0)`` (the other coordinates those of ``corner``
+    and ``opposite``)."""
+    verts = np.array([corner, corner, opposite, opposite], dtype=float)
+    verts[1, -1], verts[3, -1] = opposite[-1], corner[-1]
+    return verts
 
 
 def _like(image: Any) -> dict[str, Any]:

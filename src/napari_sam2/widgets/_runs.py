@@ -100,7 +100,7 @@ class PropagationRun:
         self.writer.end_run()
         try:
             self.handle.close()
-        except Exception:  # closing must never break the widget
+        except Exception:  # noqa: BLE001 - closing must never break the widget
             pass
         self._on_done(self, not self.stopped and self.error is None)
 

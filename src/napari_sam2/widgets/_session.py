@@ -231,7 +231,7 @@ class SegmentationSession:
                 self.predictor.reset_state(state)
                 if hasattr(state, "close"):
                     state.close()  # deletes results spilled to disk
-            except Exception:  # the state is dropped anyway
+            except Exception:  # noqa: BLE001 - the state is dropped anyway
                 pass
         self._applied.clear()
         close = getattr(self.frames, "close", None)

@@ -1,14 +1,25 @@
-"""The dock widget's controls, laid out (no behaviour here; see ``_widget.py``)."""
+"""The dock widget's controls, laid out (no behaviour here; ``_widget.py`` connects them)."""
 
 from __future__ import annotations
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QProgressBar,
-    QPushButton, QSpinBox, QToolButton, QVBoxLayout, QWidget,
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
 )
 
 from ..models.checkpoints import REGISTRY
+from ._layers import MAX_LABEL
 
 __all__ = ["CHECKPOINT_FILE", "Controls", "NEW_LABELS"]
 
@@ -23,7 +34,6 @@ PRECISIONS = (
     ("strict float32", "fp32"),
     ("bfloat16 (faster, approximate)", "bf16"),
 )
-MAX_LABEL = 2**31 - 1
 
 HELP = (
     "Click: positive · Shift-click: negative · N: toggle · M: new object. "

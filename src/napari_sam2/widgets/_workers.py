@@ -97,7 +97,8 @@ def preload() -> None:
     import hydra.utils  # noqa: F401
     import torchvision.ops  # noqa: F401
 
-    from ..core import automatic_mask_generator, video_predictor  # noqa: F401
+    from ..core.image import mask_generator  # noqa: F401
+    from ..core.video import predictor  # noqa: F401
     from ..models import build, checkpoints  # noqa: F401
 
 
@@ -167,8 +168,8 @@ def propagate_worker(
 
 
 def _everything(model: Any, frame: np.ndarray, options: Mapping[str, Any]) -> np.ndarray:
-    from ..core.image.mask_generator import SAM2AutomaticMaskGenerator
     from ..core.annotations.labels import masks_to_labels
+    from ..core.image.mask_generator import SAM2AutomaticMaskGenerator
 
     try:
         generator = SAM2AutomaticMaskGenerator(model, **dict(options))

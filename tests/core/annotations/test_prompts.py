@@ -151,7 +151,9 @@ def test_prompts_from_dict() -> None:
         (5, 2): {"box": [0, 0, 4, 4], "points": [[1, 1]], "labels": [0]},
     })
     assert prompts[0] == FramePrompt(0, 1, np.array([[3, 4]]), np.array([1]))
-    assert prompts[1] == FramePrompt(5, 2, np.array([[1, 1]]), np.array([0]), np.array([0, 0, 4, 4]))
+    assert prompts[1] == FramePrompt(
+        5, 2, np.array([[1, 1]]), np.array([0]), np.array([0, 0, 4, 4])
+    )
     with pytest.raises(ValueError, match="unknown entries"):
         prompts_from_dict({(0, 1): {"point": [[1, 1]]}})
     with pytest.raises(ValueError, match="points or a box"):

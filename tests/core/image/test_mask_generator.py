@@ -7,11 +7,15 @@ import numpy as np
 import pytest
 import torch
 
+from napari_sam2.core.annotations.labels import label_dtype, masks_to_labels
 from napari_sam2.core.image import amg_utils as U
 from napari_sam2.core.image.mask_generator import SAM2AutomaticMaskGenerator
-from napari_sam2.core.annotations.labels import label_dtype, masks_to_labels
 from napari_sam2.core.image.rle import (
-    area_from_rle, coco_decode_rle, coco_encode_rle, mask_to_rle, rle_to_mask,
+    area_from_rle,
+    coco_decode_rle,
+    coco_encode_rle,
+    mask_to_rle,
+    rle_to_mask,
 )
 
 CONFIG, SIZE = "sam2.1_hiera_t", 256

@@ -7,9 +7,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
-
 import sam2.utils.misc as ref_misc
+import torch
 from sam2.sam2_image_predictor import SAM2ImagePredictor as RefPredictor
 from sam2.utils.transforms import SAM2Transforms
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tifffile
 
+from napari_sam2.core.stacks.normalization import Normalization
 from napari_sam2.core.stacks.readers import TiffPagesArray, natural_sort_key
 from napari_sam2.core.stacks.source import FrameReadError, FrameSource, open_frames
-from napari_sam2.core.stacks.normalization import Normalization
 
 
 class CountingArray:

@@ -54,7 +54,7 @@ def test_bf16_tracking_agrees_with_the_reference(pair):
             rs, st = ref_init_state(ref, frames), ours.init_state(frames)
             outputs = {"ref": [], "ours": []}
             for obj in (0, 1):
-                for name, p, s in (("ref", ref, rs), ("ours", ours, st)):
+                for _, p, s in (("ref", ref, rs), ("ours", ours, st)):
                     p.add_new_points_or_box(s, 0, obj + 1, points=click(0, obj, SIZE, SIZE),
                                             labels=[1])
             for name, p, s in (("ref", ref, rs), ("ours", ours, st)):

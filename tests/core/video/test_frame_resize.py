@@ -211,4 +211,6 @@ def test_frames_at_model_size_are_not_resampled():
     back = (x * std + mean) * 255
     assert (back - torch.from_numpy(frame).permute(2, 0, 1).float()).abs().max() < 1e-3
     f = frame.astype(np.float32) / 255
-    assert torch.equal(video_frame_to_tensor(f, 256), (torch.from_numpy(f).permute(2, 0, 1) - mean) / std)
+    assert torch.equal(
+        video_frame_to_tensor(f, 256), (torch.from_numpy(f).permute(2, 0, 1) - mean) / std
+    )

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam2.core.video.feature_cache import FeatureCache
 from napari_sam2.core.stacks.source import FrameReadError
+from napari_sam2.core.video.feature_cache import FeatureCache
 from napari_sam2.core.video.pre_encoder import PreEncoder, neighbour_order
 from napari_sam2.core.video.predictor import SAM2VideoPredictor
 from napari_sam2.models.build import build_model

@@ -5,7 +5,8 @@ Both predictors run the same random weights (the reference's, through our checkp
 on the same frames (the reference's frame loader is replaced by a lazy one that feeds each
 uint8 frame, as a lossless PNG, through the reference's own per-frame loader, so the
 reference resizes as it does for a JPEG folder; see also test_frame_resize.py). Hole filling
-is off on both (the reference needs a CUDA extension for it) and tested separately. Run with ``-s`` to see the measured differences.
+is off on both (the reference needs a CUDA extension for it) and tested separately. Run with
+``-s`` to see the measured differences.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import pytest
 import torch
 from PIL import Image
 
-from napari_sam2.core.stacks.source import FrameReadError
 from napari_sam2.core.stacks.model_input import IMAGENET_MEAN, IMAGENET_STD
+from napari_sam2.core.stacks.source import FrameReadError
 from napari_sam2.core.video.predictor import SAM2VideoPredictor, UnknownObjectError
 from napari_sam2.models.checkpoints import load_model
 from napari_sam2.models.postprocessing import fill_holes_in_mask_scores
@@ -154,11 +155,15 @@ def video_pair(official_checkpoint):
             model = load_model(path, config=config, device="cpu", image_size=image_size, video=True)
             with torch.no_grad():
                 for m in (ref, model):
-                    m.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += OBJ_SCORE_SHIFT[config]
+                    head = m.sam_mask_decoder.pred_obj_score_head
+                    head.layers[-1].bias += OBJ_SCORE_SHIFT[config]
             if image_size == 256:  # frames recur across tests: encode each one once
                 memoize_encoder(ref)
                 memoize_encoder(model)
-            _PAIRS[key] = (ref.eval(), SAM2VideoPredictor(model, fill_hole_area=0, feature_cache_size=32))
+            _PAIRS[key] = (
+                ref.eval(),
+                SAM2VideoPredictor(model, fill_hole_area=0, feature_cache_size=32),
+            )
         return _PAIRS[key]
 
     return make
@@ -219,7 +224,7 @@ def test_parity_story(video_pair, config, hw):
     assert ids_r == ids_o == [1, 3] and [f for f, _ in upd_r] == [f for f, _ in upd_o] == [0]
     compare(name, (0, ids_r, upd_r[0][1]), (0, ids_o, upd_o[0][1]))
     compare_runs(name, *both("propagate_in_video", start_frame_idx=4, max_frame_num_to_track=2))
-    assert st.frame_store.directory is None  # short stacks never touch the disk
+    assert st.results.directory is None  # short stacks never touch the disk
     st.close()
 
 
@@ -241,7 +246,7 @@ def test_parity_options_non_overlap_and_corrections_as_cond(video_pair):
         compare("options", ref.add_new_points_or_box(rs, *args, **kwargs),
                 predictor.add_new_points_or_box(st, *args, **kwargs), True)
         compare_runs("options", ref.propagate_in_video(rs), predictor.propagate_in_video(st), True)
-        assert st.frame_store.is_cond(st.objects[2].key, 3)
+        assert st.results.is_cond(st.objects[2].key, 3)
     finally:
         ref.non_overlap_masks = ref.add_all_frames_to_correct_as_cond = False
         st.close()
@@ -281,7 +286,7 @@ def test_ram_bounded_spill_exact_and_cleanup(video_pair):
     n = 300
     frames = make_frames(n, period=10)
     st = ours.init_state(frames)
-    store = st.frame_store
+    store = st.results
     first = ours.add_new_points_or_box(st, 0, 1, points=click(0, 0, 256, 256), labels=[1])
     counts, ours_first_pass = {}, []
     for frame_idx, ids, masks in ours.propagate_in_video(st):
@@ -462,7 +467,7 @@ def test_frame_read_error_mid_propagation_keeps_state(ours):
     assert [f for f, _ in seen] == [0, 1, 2, 3]
     obj = st.objects[1]
     assert (obj.tracked[:4] == 0).all() and (obj.tracked[4:] == -1).all()
-    assert st.frame_store.get(obj.key, 3) is not None and st.frame_store.get(obj.key, 4) is None
+    assert st.results.get(obj.key, 3) is not None and st.results.get(obj.key, 4) is None
     stack.failing = False  # resume where it stopped: same results as an uninterrupted run
     resumed = seen + [(f, m) for f, _, m in ours.propagate_in_video(st, start_frame_idx=4)]
     reference = ours.init_state(frames)
@@ -486,13 +491,13 @@ def test_closing_the_generator_midway_keeps_yielded_frames(ours):
     gen.close()
     obj = st.objects[1]
     assert (obj.tracked[:3] == 0).all() and (obj.tracked[3:] == -1).all()
-    assert [st.frame_store.get(obj.key, t) is not None for t in range(7)] == [True] * 3 + [False] * 4
+    assert [st.results.get(obj.key, t) is not None for t in range(7)] == [True] * 3 + [False] * 4
     rest = list(spilling.propagate_in_video(st, start_frame_idx=3))
-    assert st.frame_store.spill_reads > 0 and st.frame_store.in_memory_count() <= 2
+    assert st.results.spill_reads > 0 and st.results.in_memory_count() <= 2
     in_ram = ours.init_state(frames)  # uninterrupted, everything in RAM: same numbers
     ours.add_new_points_or_box(in_ram, 0, 1, points=click(0, 0, 256, 256), labels=[1])
     full = list(ours.propagate_in_video(in_ram))
-    assert in_ram.frame_store.spill_reads == 0
+    assert in_ram.results.spill_reads == 0
     for a, b in zip(first + rest, full, strict=True):
         assert a[0] == b[0] and torch.equal(a[2], b[2])
     st.close()
@@ -532,7 +537,7 @@ def test_state_is_collected_with_its_spill_directory(ours):
     st = predictor.init_state(make_frames(4))
     predictor.add_new_points_or_box(st, 0, 1, points=click(0, 0, 256, 256), labels=[1])
     list(predictor.propagate_in_video(st))
-    directory = st.frame_store.directory
+    directory = st.results.directory
     assert directory is not None and os.path.isdir(directory)
     del st
     gc.collect()
@@ -553,7 +558,9 @@ def test_init_state_sources_and_from_pretrained(official_checkpoint, tmp_path):
     tifffile.imwrite(tmp_path / "stack.tif", grey, photometric="minisblack")
     with predictor.init_state(video_path=str(tmp_path / "stack.tif")) as st:  # SAM 2's keyword
         assert (st.num_frames, st.video_height, st.video_width) == (3, 64, 96)
-        _, ids, masks = predictor.add_new_points_or_box(st, 1, "cell", points=[[20, 20]], labels=[1])
+        _, ids, masks = predictor.add_new_points_or_box(
+            st, 1, "cell", points=[[20, 20]], labels=[1]
+        )
         assert ids == ["cell"] and masks.shape == (1, 1, 64, 96)
         frames = st.frames
     assert frames.closed  # opened by the state, closed with it

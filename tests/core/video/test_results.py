@@ -1,4 +1,4 @@
-"""FrameStore: bounded RAM window, exact spill to disk, conditioning frames, cleanup."""
+"""ResultStore: bounded RAM window, exact spill to disk, conditioning frames, cleanup."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from napari_sam2.core.video.results import FrameStore
 from napari_sam2.core.video.frame_output import FrameOutput
+from napari_sam2.core.video.results import ResultStore
 
 POS = [torch.randn(1, 8, 4, 4)]
 
@@ -20,7 +20,9 @@ def output(seed: int, memory: bool = True) -> FrameOutput:
         pred_masks=torch.randn(1, 1, 16, 16, generator=g) * 30,
         obj_ptr=torch.randn(1, 32, generator=g),
         object_score_logits=torch.randn(1, 1, generator=g),
-        maskmem_features=torch.randn(1, 8, 4, 4, generator=g).to(torch.bfloat16) if memory else None,
+        maskmem_features=(
+            torch.randn(1, 8, 4, 4, generator=g).to(torch.bfloat16) if memory else None
+        ),
         maskmem_pos_enc=POS if memory else None,
     )
 
@@ -36,7 +38,7 @@ def same(a: FrameOutput, b: FrameOutput) -> bool:
 
 
 def test_window_is_bounded_and_spilled_results_are_exact(tmp_path):
-    store = FrameStore(200, ram_window=5, spill_dir=tmp_path)
+    store = ResultStore(200, ram_window=5, spill_dir=tmp_path)
     store.add_object("a")
     assert store.shared_pos_enc(POS) is not None
     store.put("a", 0, output(0), cond=True)
@@ -54,7 +56,7 @@ def test_window_is_bounded_and_spilled_results_are_exact(tmp_path):
 
 
 def test_overwrite_reuses_records_and_layouts_mix(tmp_path):
-    store = FrameStore(50, ram_window=2, spill_dir=tmp_path)
+    store = ResultStore(50, ram_window=2, spill_dir=tmp_path)
     store.add_object(1)
     for rnd in range(3):
         for t in range(50):
@@ -70,13 +72,16 @@ def test_overwrite_reuses_records_and_layouts_mix(tmp_path):
 
 
 def test_conditioning_frames_pinned_downgrade_and_views():
-    store = FrameStore(10, ram_window=1)
+    store = ResultStore(10, ram_window=1)
     store.add_object("x")
     store.put("x", 3, output(3), cond=False)
     store.put("x", 3, output(4), cond=True)  # replaces the tracked result
     bank = store.memory_bank("x")
     assert list(bank["cond_frame_outputs"]) == [3]
-    assert bank["non_cond_frame_outputs"].get(3) is None and len(bank["non_cond_frame_outputs"]) == 0
+    assert (
+        bank["non_cond_frame_outputs"].get(3) is None
+        and len(bank["non_cond_frame_outputs"]) == 0
+    )
     assert store.downgrade("x", 3) and not store.downgrade("x", 3)
     view = store.memory_bank("x")["non_cond_frame_outputs"]
     assert 3 in view and same(view[3], output(4)) and list(view) == [3]
@@ -85,7 +90,7 @@ def test_conditioning_frames_pinned_downgrade_and_views():
 
 
 def test_directory_lifetime(tmp_path):
-    store = FrameStore(20, ram_window=1, spill_dir=tmp_path)
+    store = ResultStore(20, ram_window=1, spill_dir=tmp_path)
     store.add_object(0)
     store.add_object(1)
     assert store.directory is None
@@ -105,7 +110,7 @@ def test_directory_lifetime(tmp_path):
     with store:
         pass
     assert not os.path.exists(directory)
-    store = FrameStore(20, ram_window=1, spill_dir=tmp_path)
+    store = ResultStore(20, ram_window=1, spill_dir=tmp_path)
     store.add_object(0)
     for t in range(3):
         store.put(0, t, output(t), cond=False)
@@ -117,8 +122,8 @@ def test_directory_lifetime(tmp_path):
 
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="ram_window"):
-        FrameStore(10, ram_window=0)
-    store = FrameStore(10)
+        ResultStore(10, ram_window=0)
+    store = ResultStore(10)
     store.add_object(1)
     with pytest.raises(KeyError):
         store.add_object(1)

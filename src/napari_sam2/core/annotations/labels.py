@@ -12,7 +12,8 @@ smaller masks (or an empty mask) keeps its label number but no pixel shows it, s
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -58,7 +58,9 @@ def _axis_columns(header: list[str], path: str | os.PathLike, kind: str) -> list
             f"expected a CSV saved from a napari {kind} layer"
         )
     if sorted(found) != list(range(len(found))):
-        raise ValueError(f"{path}: axis columns must be axis-0 … axis-{len(found) - 1} without gaps")
+        raise ValueError(
+            f"{path}: axis columns must be axis-0 … axis-{len(found) - 1} without gaps"
+        )
     return [found[k] for k in range(len(found))]
 
 
@@ -149,7 +151,7 @@ def read_shapes_csv(path: str | os.PathLike) -> tuple[list[np.ndarray], np.ndarr
             groups.append((index, row[i_type].strip().lower(), []))
         groups[-1][2].append(r)
     rectangles, obj_ids = [], []
-    for n, (index, shape_type, members) in enumerate(groups):
+    for index, shape_type, members in groups:
         if shape_type != "rectangle":
             raise ValueError(
                 f"{path}: shape {index} is a {shape_type or 'shape of unknown type'}; only "

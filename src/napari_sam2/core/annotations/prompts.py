@@ -48,7 +48,6 @@ left; the frame must be in ``0 .. T - 1``.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any

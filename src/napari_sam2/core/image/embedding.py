@@ -45,7 +45,8 @@ def embed_images(
     model: SAM2Base, images: Sequence[np.ndarray], is_batch: bool = False
 ) -> ImageEmbedding:
     """Run the image encoder on images validated by
-    :func:`napari_sam2.core.stacks.model_input.check_image`, all in one batch on ``model.device``."""
+    :func:`napari_sam2.core.stacks.model_input.check_image`, all in one batch on
+    ``model.device``."""
     size, device = model.image_size, model.device
     dtype = next(model.parameters()).dtype
     batch = torch.stack([image_to_tensor(im, size, device) for im in images]).to(dtype)

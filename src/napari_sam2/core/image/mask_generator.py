@@ -27,21 +27,34 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
+from ..stacks.model_input import check_image
+from ..stacks.normalization import normalize_image
 from .amg_utils import (
-    MaskBatch, area_from_rle, batch_iterator, batched_mask_to_box, box_xyxy_to_xywh,
-    build_all_layer_point_grids, calculate_stability_score, coco_encode_rle, generate_crop_boxes,
-    is_box_near_crop_edge, mask_to_rle, postprocess_small_regions, rle_to_mask,
-    uncrop_boxes_xyxy, uncrop_masks, uncrop_points,
+    MaskBatch,
+    area_from_rle,
+    batch_iterator,
+    batched_mask_to_box,
+    box_xyxy_to_xywh,
+    build_all_layer_point_grids,
+    calculate_stability_score,
+    coco_encode_rle,
+    generate_crop_boxes,
+    is_box_near_crop_edge,
+    mask_to_rle,
+    postprocess_small_regions,
+    rle_to_mask,
+    uncrop_boxes_xyxy,
+    uncrop_masks,
+    uncrop_points,
 )
 from .predictor import SAM2ImagePredictor
-from ..stacks.normalization import normalize_image
-from ..stacks.model_input import check_image
 
 if TYPE_CHECKING:
     from ...models.sam2 import SAM2Base

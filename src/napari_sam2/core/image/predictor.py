@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..stacks.model_input import check_image
+from ..stacks.normalization import Normalization, normalize_image
 from .embedding import ImageEmbedding, embed_images
 from .prompts import Prompts
-from ..stacks.normalization import Normalization, normalize_image
-from ..stacks.model_input import check_image
 from .transforms import ImageTransforms
 
 if TYPE_CHECKING:

@@ -43,7 +43,7 @@ def as_numpy(value: Any, name: str) -> np.ndarray:
         value = value.numpy()
     try:
         array = np.asarray(value)
-    except Exception as err:  # ragged nested lists, odd objects
+    except Exception as err:  # noqa: BLE001 - ragged nested lists, odd objects: re-raised below
         raise ValueError(f"{name} must be a numeric array, could not convert it: {err}") from None
     if array.dtype.kind not in "biuf":
         raise ValueError(f"{name} must be a numeric array, got dtype {array.dtype}.")

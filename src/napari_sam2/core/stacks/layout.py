@@ -5,8 +5,9 @@ Used by :class:`napari_sam2.core.stacks.source.FrameSource`; the rules are docum
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

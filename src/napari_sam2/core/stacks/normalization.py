@@ -16,7 +16,8 @@ This module maps one 2D frame to the model's input:
   match SAM 2's reference predictor exactly.
 
 The choice is recorded in a frozen :class:`Normalization`, which can be resolved once (for a
-whole stack, see :mod:`napari_sam2.core.stacks.stack_normalization`), stored as JSON and re-applied identically.
+whole stack, see :mod:`napari_sam2.core.stacks.stack_normalization`), stored as JSON and
+re-applied identically.
 
 Decisions
 ---------
@@ -34,8 +35,9 @@ Decisions
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 

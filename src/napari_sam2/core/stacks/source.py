@@ -21,10 +21,10 @@ Axes
 Intensities
 -----------
 By default the contrast limits are resolved once for the whole stack from a bounded sample
-of frames (:func:`~napari_sam2.core.stacks.stack_normalization.resolve_stack_normalization`), so every frame is
-mapped identically; ``normalization=`` (e.g. another source's :attr:`FrameSource.normalization`)
-or the keywords ``contrast_limits``, ``percentiles``, ``channels``, ``max_sample_frames``
-override that.
+of frames (:func:`~napari_sam2.core.stacks.stack_normalization.resolve_stack_normalization`),
+so every frame is mapped identically; ``normalization=`` (e.g. another source's
+:attr:`FrameSource.normalization`) or the keywords ``contrast_limits``, ``percentiles``,
+``channels``, ``max_sample_frames`` override that.
 """
 
 from __future__ import annotations
@@ -32,15 +32,16 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 from .layout import FrameLayout, resolve_layout
+from .normalization import Normalization, _apply
 from .readers import SequenceArray, open_path
 from .stack_normalization import resolve_stack_normalization
-from .normalization import Normalization, _apply
 
 __all__ = ["FrameReadError", "FrameSource", "frame_read_lock", "open_frames"]
 

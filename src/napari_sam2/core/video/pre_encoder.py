@@ -94,7 +94,7 @@ class _Worker:
                     self.predictor.encode_frame(self.state, frame_idx)
                     with self.cond:
                         self.encoded += 1
-            except Exception as err:  # noqa: BLE001 - never raised in the user's thread
+            except Exception as err:
                 log.warning("pre-encoding frame %d failed (skipped): %s", frame_idx, err)
                 log.debug("pre-encoding frame %d failed", frame_idx, exc_info=True)
                 with self.cond:

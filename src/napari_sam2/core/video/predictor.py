@@ -10,7 +10,7 @@ with the same arguments and return shapes, and gives the same numbers. Differenc
   :class:`~napari_sam2.core.stacks.source.FrameSource`); frames are read, normalised and
   encoded only when needed, and the features of the last ``feature_cache_size`` frames are
   cached (nothing is encoded by ``init_state`` itself);
-* per-frame results live in a :class:`~napari_sam2.core.video.results.FrameStore`: bounded RAM
+* per-frame results live in a :class:`~napari_sam2.core.video.results.ResultStore`: bounded RAM
   whatever the stack length, the rest spilled to a temporary directory that is deleted by
   ``reset_state`` / ``state.close()`` (or when the state is collected);
 * the state is a typed :class:`~napari_sam2.core.video.state.VideoInferenceState`;
@@ -38,19 +38,23 @@ exception is :meth:`encode_frame`, which a background
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .feature_cache import FeatureCache
-from .engine import _MIN_AUTO_CACHE
 from ..stacks.source import open_frames
-from .results import FrameStore
+from .engine import Output, TrackingEngine
+from .frame_encoder import FrameEncoder
 from .prompts import (
-    check_frame_idx, check_obj_id, concat_points, mask_inputs_from, point_inputs_from,
+    check_frame_idx,
+    check_obj_id,
+    concat_points,
+    mask_inputs_from,
+    point_inputs_from,
 )
-from .propagation import Output, VideoPropagationMixin
+from .propagation import passes_of_propagate, passes_of_propagate_in_video
+from .results import ResultStore
 from .state import NOT_TRACKED, REVERSE, ObjectState, TempOutput, VideoInferenceState
 
 if TYPE_CHECKING:
@@ -67,8 +71,15 @@ class UnknownObjectError(KeyError, RuntimeError):
         return str(self.args[0]) if self.args else ""
 
 
-class SAM2VideoPredictor(VideoPropagationMixin):
+class SAM2VideoPredictor:
     """Track objects through a stack with SAM 2, one frame at a time.
+
+    A facade with SAM 2's public API over objects with one job each: a
+    :class:`~napari_sam2.core.video.frame_encoder.FrameEncoder` (frames -> cached image
+    features), a :class:`~napari_sam2.core.video.engine.TrackingEngine` (one frame for all
+    objects) and, per stack, a :class:`~napari_sam2.core.video.state.VideoInferenceState`
+    holding the objects' prompts and a results store; the frames a propagation visits are
+    planned in :mod:`napari_sam2.core.video.propagation`.
 
     Args:
         model: a SAM 2 network (:func:`napari_sam2.models.checkpoints.load_model` with
@@ -104,21 +115,19 @@ class SAM2VideoPredictor(VideoPropagationMixin):
         spill_dir: str | os.PathLike | None = None,
     ) -> None:
         if not hasattr(model, "track_step"):
-            raise TypeError(f"model must be a SAM 2 network (SAM2Base), got {type(model).__name__}.")
+            raise TypeError(
+                f"model must be a SAM 2 network (SAM2Base), got {type(model).__name__}."
+            )
         self.model = model
         area = getattr(model, "fill_hole_area", 0) if fill_hole_area is None else fill_hole_area
         if isinstance(area, bool) or not isinstance(area, int) or area < 0:
             raise ValueError(f"fill_hole_area must be an integer >= 0, got {area!r}.")
-        self.fill_hole_area = area
-        self.non_overlap_masks = bool(non_overlap_masks)
-        self.clear_non_cond_mem_around_input = bool(clear_non_cond_mem_around_input)
+        self.encoder = FrameEncoder(model, feature_cache_size, feature_cache_mib)
+        self.engine = TrackingEngine(
+            model, self.encoder, fill_hole_area=area, non_overlap_masks=bool(non_overlap_masks),
+            clear_non_cond_mem_around_input=bool(clear_non_cond_mem_around_input),
+        )
         self.add_all_frames_to_correct_as_cond = bool(add_all_frames_to_correct_as_cond)
-        if feature_cache_size is not None:
-            FeatureCache(feature_cache_size)  # validates
-        if not feature_cache_mib >= 0:
-            raise ValueError(f"feature_cache_mib must be >= 0, got {feature_cache_mib!r}.")
-        self.feature_cache_size = feature_cache_size
-        self.feature_cache_mib = float(feature_cache_mib)
         if ram_window is None:
             ram_window = 1 + max(
                 model.num_maskmem * model.memory_temporal_stride_for_eval,
@@ -126,7 +135,7 @@ class SAM2VideoPredictor(VideoPropagationMixin):
             )
         self.ram_window = ram_window
         self.spill_dir = spill_dir
-        FrameStore(1, ram_window)  # validates ram_window
+        ResultStore(1, ram_window)  # validates ram_window
 
     @classmethod
     def from_pretrained(
@@ -159,6 +168,44 @@ class SAM2VideoPredictor(VideoPropagationMixin):
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    # SAM 2's settings, read by the objects that use them
+    @property
+    def fill_hole_area(self) -> int:
+        """Fill background holes of at most this many low-res pixels in every mask."""
+        return self.engine.fill_hole_area
+
+    @fill_hole_area.setter
+    def fill_hole_area(self, value: int) -> None:
+        self.engine.fill_hole_area = value
+
+    @property
+    def non_overlap_masks(self) -> bool:
+        """Give each pixel of the returned masks to one object at most."""
+        return self.engine.non_overlap_masks
+
+    @non_overlap_masks.setter
+    def non_overlap_masks(self, value: bool) -> None:
+        self.engine.non_overlap_masks = bool(value)
+
+    @property
+    def clear_non_cond_mem_around_input(self) -> bool:
+        """After a prompt, forget that object's tracked results near it."""
+        return self.engine.clear_non_cond_mem_around_input
+
+    @clear_non_cond_mem_around_input.setter
+    def clear_non_cond_mem_around_input(self, value: bool) -> None:
+        self.engine.clear_non_cond_mem_around_input = bool(value)
+
+    @property
+    def feature_cache_size(self) -> int | None:
+        """Fixed capacity of each new state's feature cache (``None``: sized by memory)."""
+        return self.encoder.feature_cache_size
+
+    @property
+    def feature_cache_mib(self) -> float:
+        """Memory budget of the feature cache when its size is not fixed, in MiB."""
+        return self.encoder.feature_cache_mib
 
     # ------------------------------------------------------------------ state
     def init_state(
@@ -193,10 +240,8 @@ class SAM2VideoPredictor(VideoPropagationMixin):
             owns_frames=frames is not source,
             device=device,
             storage_device=storage,
-            feature_cache=FeatureCache(
-                _MIN_AUTO_CACHE if self.feature_cache_size is None else self.feature_cache_size
-            ),
-            frame_store=FrameStore(frames.num_frames, self.ram_window, storage, self.spill_dir),
+            feature_cache=self.encoder.new_cache(),
+            results=ResultStore(frames.num_frames, self.ram_window, storage, self.spill_dir),
         )
 
     def reset_state(self, inference_state: VideoInferenceState) -> None:
@@ -270,7 +315,7 @@ class SAM2VideoPredictor(VideoPropagationMixin):
     ) -> Output:
         is_new = obj_id not in state.objects
         obj = state.add_object(obj_id) if is_new else state.objects[obj_id]
-        store = state.frame_store
+        store = state.results
         tracked = int(obj.tracked[frame_idx])
         is_init_cond_frame = tracked == NOT_TRACKED  # else: a correction of a tracked frame
         temp = obj.temp_outputs.get(frame_idx)
@@ -286,7 +331,7 @@ class SAM2VideoPredictor(VideoPropagationMixin):
             if prev is not None:  # refine the latest mask with the new clicks
                 prev_logits = torch.clamp(prev.pred_masks.to(state.device), -32.0, 32.0)
         try:
-            out, _ = self._run_single_frame_inference(
+            out, _ = self.engine.run_frame(
                 state, obj, frame_idx, is_init_cond_frame, point_inputs, mask_inputs,
                 reverse=tracked == REVERSE, run_mem_encoder=False,
                 prev_sam_mask_logits=prev_logits,
@@ -302,7 +347,7 @@ class SAM2VideoPredictor(VideoPropagationMixin):
             obj.mask_inputs[frame_idx] = mask_inputs
             obj.point_inputs.pop(frame_idx, None)
         obj.temp_outputs[frame_idx] = TempOutput(out, is_cond)
-        return frame_idx, state.obj_ids, self._consolidated_masks(state, frame_idx)
+        return frame_idx, state.obj_ids, self.engine.consolidated_masks(state, frame_idx)
 
     def _require_object(self, state: VideoInferenceState, obj_id: Any, what: str) -> ObjectState:
         obj = state.objects.get(check_obj_id(obj_id))
@@ -332,11 +377,11 @@ class SAM2VideoPredictor(VideoPropagationMixin):
         obj.point_inputs.pop(frame_idx, None)
         obj.mask_inputs.pop(frame_idx, None)
         obj.temp_outputs.pop(frame_idx, None)
-        if state.frame_store.downgrade(obj.key, frame_idx):
+        if state.results.downgrade(obj.key, frame_idx):
             obj.tracked[frame_idx] = NOT_TRACKED  # a new click there starts from scratch
         if not need_output:
             return None
-        return frame_idx, state.obj_ids, self._consolidated_masks(state, frame_idx)
+        return frame_idx, state.obj_ids, self.engine.consolidated_masks(state, frame_idx)
 
     @torch.inference_mode()
     def remove_object(
@@ -369,5 +414,98 @@ class SAM2VideoPredictor(VideoPropagationMixin):
         state.remove_object(obj_id)
         updated = []
         if need_output:
-            updated = [(t, self._consolidated_masks(state, t)) for t in frames]
+            updated = [(t, self.engine.consolidated_masks(state, t)) for t in frames]
         return state.obj_ids, updated
+
+    # ------------------------------------------------------------------ propagation
+    def propagate_in_video(
+        self,
+        inference_state: VideoInferenceState,
+        start_frame_idx: int | None = None,
+        max_frame_num_to_track: int | None = None,
+        reverse: bool = False,
+    ) -> Iterator[Output]:
+        """Track all objects from ``start_frame_idx`` (default: the first prompted frame) over
+        ``max_frame_num_to_track`` further frames (default: to the end / start), as SAM 2:
+        forward it yields frames ``start .. min(start + max, T - 1)``; in reverse
+        ``start .. max(start - max, 0)``, and nothing when ``start`` is 0.
+
+        Yields:
+            ``(frame_idx, obj_ids, video_res_masks)``, masks ``num_objects×1×H×W`` logits.
+
+        Raises (at the call):
+            RuntimeError: no prompts; IndexError / ValueError: bad arguments.
+        """
+        state = self._check_state(inference_state)
+        passes = passes_of_propagate_in_video(
+            state, start_frame_idx, max_frame_num_to_track, reverse
+        )
+        return self.engine.run(state, passes)
+
+    def propagate(
+        self,
+        inference_state: VideoInferenceState,
+        direction: str = "forward",
+        frame_range: tuple[int, int] | None = None,
+        start_frame_idx: int | None = None,
+    ) -> Iterator[Output]:
+        """Track all objects from a start frame to the end(s) of ``frame_range``.
+
+        Args:
+            direction: ``"forward"`` yields ``start, start + 1, ..., last``; ``"backward"``
+                yields ``start, start - 1, ..., first``; ``"both"`` does the forward pass and
+                then the backward pass, so the start frame is yielded twice (the second result
+                replaces the first; it differs only for objects not prompted there):
+                ``(last - start + 1) + (start - first + 1)`` items.
+            frame_range: ``(first, last)``, inclusive; default the whole stack.
+            start_frame_idx: default the first prompted frame (of any object) in the range,
+                the last one for ``"backward"``.
+
+        Yields:
+            ``(frame_idx, obj_ids, video_res_masks)`` as :meth:`propagate_in_video`.
+
+        Raises (at the call):
+            RuntimeError: no prompts; ValueError: bad ``direction`` / ``frame_range``, or no
+            prompted frame in the range and no ``start_frame_idx``; IndexError: frames
+            outside the stack.
+        """
+        state = self._check_state(inference_state)
+        passes = passes_of_propagate(state, direction, frame_range, start_frame_idx)
+        return self.engine.run(state, passes)
+
+    def propagate_in_video_preflight(self, inference_state: VideoInferenceState) -> None:
+        """Commit the results of new prompts to the memory bank, encoding their memories
+        (propagations do this on their first step).
+
+        Raises:
+            RuntimeError: no object has prompts, or one object has no prompted
+                (conditioning) frame left.
+        """
+        self.engine.commit_prompts(self._check_state(inference_state))
+
+    # ------------------------------------------------------------------ features
+    def encode_frame(self, inference_state: VideoInferenceState, frame_idx: int) -> None:
+        """Encode one frame into the state's feature cache now, unless it is cached already
+        (e.g. ahead of a click; see :class:`~napari_sam2.core.video.pre_encoder.PreEncoder`).
+
+        Safe to call from another thread than the one adding prompts or propagating.
+
+        Raises:
+            IndexError: ``frame_idx`` outside ``[0, num_frames)``.
+            FrameReadError: the frame could not be read.
+        """
+        state = self._check_state(inference_state)
+        frame_idx = check_frame_idx(frame_idx, state.num_frames)
+        with torch.inference_mode():
+            self.encoder.features(state, frame_idx)
+
+    # ------------------------------------------------------------------ checks
+    def _check_state(self, inference_state: Any) -> VideoInferenceState:
+        if not isinstance(inference_state, VideoInferenceState):
+            raise TypeError(
+                "inference_state must be the state returned by init_state(...), got "
+                f"{type(inference_state).__name__}."
+            )
+        if inference_state.closed:
+            raise RuntimeError("This inference state was closed; create a new one with init_state.")
+        return inference_state

@@ -2,7 +2,7 @@
 
 SAM 2 keeps, for every tracked frame and object, the memory features, object pointer,
 presence score and low-resolution mask logits (about 0.77 MiB at image size 1024); later frames
-read the recent ones, and a correction click may read any of them. :class:`FrameStore` keeps
+read the recent ones, and a correction click may read any of them. :class:`ResultStore` keeps
 in RAM
 
 * every *conditioning* (prompted) frame's result -- every later frame reads them -- and
@@ -11,11 +11,11 @@ in RAM
 and writes the rest, byte for byte, to files in a private temporary directory. Reading one
 back gives bit-identical tensors (bfloat16 included: raw bytes are stored), so results do not
 depend on what was spilled. The memory position encoding, the same for every frame, is kept
-once (:attr:`FrameStore.maskmem_pos_enc`) and attached to results as they are read.
+once (:attr:`ResultStore.maskmem_pos_enc`) and attached to results as they are read.
 
 Records are written with ordinary file I/O (see :mod:`napari_sam2.core.video.spill`). The
-directory is created at the first spill and removed by :meth:`FrameStore.clear` /
-:meth:`FrameStore.close`, or by a ``weakref.finalize`` safety net when the store is collected.
+directory is created at the first spill and removed by :meth:`ResultStore.clear` /
+:meth:`ResultStore.close`, or by a ``weakref.finalize`` safety net when the store is collected.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .spill import Layout, SpillDirectory, SpillFile, layout_of
 from .frame_output import FrameOutput
+from .spill import Layout, SpillDirectory, SpillFile, layout_of
 
-__all__ = ["FrameStore", "MemoryBankView"]
+__all__ = ["ResultStore", "MemoryBankView"]
 
 
 @dataclass(eq=False)
@@ -57,7 +57,7 @@ class _ObjectFrames:
         self.layout_of = [None] * self.num_frames
 
 
-class FrameStore:
+class ResultStore:
     """Results of every object on every frame, at most ``ram_window`` non-conditioning ones per
     object in RAM (plus all conditioning ones), the rest spilled to disk.
 
@@ -216,7 +216,7 @@ class FrameStore:
 
     close = clear
 
-    def __enter__(self) -> FrameStore:
+    def __enter__(self) -> ResultStore:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -286,7 +286,7 @@ class MemoryBankView(Mapping[int, FrameOutput]):
     """Read-only mapping ``frame -> non-conditioning result`` of one object, read lazily from
     the store (only the frames the model asks for are loaded)."""
 
-    def __init__(self, store: FrameStore, key: Hashable) -> None:
+    def __init__(self, store: ResultStore, key: Hashable) -> None:
         self._store, self._key = store, key
 
     def __getitem__(self, frame_idx: int) -> FrameOutput:

@@ -1,6 +1,6 @@
 """Fixed-size records of per-frame results in a temporary directory, read back bit-exactly.
 
-Used by :class:`~napari_sam2.core.video.results.FrameStore`. A record holds the raw bytes of a
+Used by :class:`~napari_sam2.core.video.results.ResultStore`. A record holds the raw bytes of a
 :class:`~napari_sam2.core.video.state.FrameOutput`'s tensors (bfloat16 included), so reading it
 back gives identical tensors. Files are written and read with ordinary positional file I/O, not
 memory maps: pages touched through a map count towards the process's resident memory until
@@ -40,7 +40,7 @@ class SpillFile:
         self.layout = layout
         self.nbytes = [int(np.prod(shape)) * dtype.itemsize for _, shape, dtype in layout]
         self.record_nbytes = sum(self.nbytes)
-        self.file = open(path, "w+b")  # noqa: SIM115 -- closed by SpillDirectory.close
+        self.file = open(path, "w+b")
         self.num_records = 0
         self.free: list[int] = []
 

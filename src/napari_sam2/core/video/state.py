@@ -1,4 +1,5 @@
-"""Typed state of one video (stack) tracked by :class:`~napari_sam2.core.video.predictor.SAM2VideoPredictor`.
+"""Typed state of one video (stack) tracked by
+:class:`~napari_sam2.core.video.predictor.SAM2VideoPredictor`.
 
 * :class:`TempOutput` -- a result of a click or mask prompt not yet committed to the memory
   bank (committed, with its memory encoded, when propagation starts);
@@ -14,8 +15,8 @@ The result of one object on one frame is a
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Hashable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,9 +25,9 @@ import torch
 from .frame_output import FrameOutput
 
 if TYPE_CHECKING:
-    from .feature_cache import FeatureCache
     from ..stacks.source import FrameSource
-    from .results import FrameStore
+    from .feature_cache import FeatureCache
+    from .results import ResultStore
 
 __all__ = ["ObjectState", "TempOutput", "VideoInferenceState"]
 
@@ -91,7 +92,7 @@ class VideoInferenceState:
         device: where the model runs.
         storage_device: where results in RAM are kept (CPU with ``offload_state_to_cpu``).
         feature_cache: image-encoder features of recently used frames.
-        frame_store: per-object, per-frame results (bounded in RAM, spilled to disk).
+        results: per-object, per-frame results (bounded in RAM, spilled to disk).
         objects: ``obj_id -> ObjectState`` in the order the objects were added.
     """
 
@@ -100,7 +101,7 @@ class VideoInferenceState:
     device: torch.device
     storage_device: torch.device
     feature_cache: FeatureCache
-    frame_store: FrameStore
+    results: ResultStore
     objects: OrderedDict[Hashable, ObjectState] = field(default_factory=OrderedDict)
     next_object_key: int = 0
     closed: bool = False
@@ -148,18 +149,18 @@ class VideoInferenceState:
         """Register a new object (at the end of the model order)."""
         obj = ObjectState(obj_id=obj_id, key=self.next_object_key, num_frames=self.num_frames)
         self.next_object_key += 1
-        self.frame_store.add_object(obj.key)
+        self.results.add_object(obj.key)
         self.objects[obj_id] = obj
         return obj
 
     def remove_object(self, obj_id: Hashable) -> None:
         obj = self.objects.pop(obj_id)
-        self.frame_store.remove_object(obj.key)
+        self.results.remove_object(obj.key)
 
     def clear_objects(self) -> None:
         """Forget all objects, prompts and results (frames and cached features are kept)."""
         self.objects.clear()
-        self.frame_store.clear()
+        self.results.clear()
 
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:
@@ -169,7 +170,7 @@ class VideoInferenceState:
             return
         self.closed = True
         self.objects.clear()
-        self.frame_store.close()
+        self.results.close()
         self.feature_cache.clear()
         if self.owns_frames:
             self.frames.close()
@@ -186,5 +187,5 @@ class VideoInferenceState:
         return (
             f"VideoInferenceState({self.num_frames} frames of {self.video_height}×"
             f"{self.video_width}, objects {self.obj_ids}, "
-            f"{self.frame_store.in_memory_count()} results in RAM)"
+            f"{self.results.in_memory_count()} results in RAM)"
         )

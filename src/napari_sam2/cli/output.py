@@ -9,11 +9,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AtomicOutput", "UsageError"]
+from .common import UsageError
 
-
-class UsageError(Exception):
-    """Bad usage or input (missing file, malformed CSV, ...): exit status 2."""
+__all__ = ["AtomicOutput", "write_tiff"]
 
 
 class AtomicOutput:

@@ -12,26 +12,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ._cli_output import UsageError
+from .common import UsageError, one_line
 
 __all__ = [
-    "check_dims", "existing_file", "input_errors", "one_line", "output_axes", "parse_position",
+    "check_dims", "existing_file", "input_errors", "output_axes", "parse_position",
     "parse_range", "read_image", "read_prompts",
 ]
-
-
-def one_line(err: BaseException) -> str:
-    """The error's message on one line (a KeyError without its quotes)."""
-    text = str(err) or type(err).__name__
-    if isinstance(err, KeyError) and err.args:
-        text = str(err.args[0])
-    return " ".join(text.split())
 
 
 @contextlib.contextmanager
 def input_errors(what: str) -> Iterator[None]:
     """Turn errors reading user input into :class:`UsageError` (exit 2)."""
-    from .core.stacks.source import FrameReadError
+    from ..core.stacks.source import FrameReadError
 
     try:
         yield
@@ -83,8 +75,8 @@ def parse_position(items: list[str] | None) -> dict[int, int] | None:
 
 
 def read_prompts(args: argparse.Namespace, frame_axis: int | None) -> list:
-    from .core.annotations.prompts import merge_prompts, prompts_from_boxes, prompts_from_points
-    from .core.annotations.napari_csv import read_points_csv, read_shapes_csv
+    from ..core.annotations.napari_csv import read_points_csv, read_shapes_csv
+    from ..core.annotations.prompts import merge_prompts, prompts_from_boxes, prompts_from_points
 
     groups = []
     if args.points:

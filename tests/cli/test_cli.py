@@ -22,9 +22,12 @@ import tifffile
 
 from napari_sam2 import cli
 from napari_sam2._sample_data import make_timelapse
+from napari_sam2.cli import track as track_command
+from napari_sam2.cli.main import build_parser
+from napari_sam2.cli.model_options import load_model
 
 CONFIG, SIZE = "sam2.1_hiera_t", 256
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
@@ -99,10 +102,12 @@ def test_track_end_to_end(tmp_path: Path, files, checkpoint) -> None:
 
     # The same run in-process, through the Python API.
     from napari_sam2 import api
-    from napari_sam2.core.annotations.prompts import (
-        merge_prompts, prompts_from_boxes, prompts_from_points,
-    )
     from napari_sam2.core.annotations.napari_csv import read_points_csv, read_shapes_csv
+    from napari_sam2.core.annotations.prompts import (
+        merge_prompts,
+        prompts_from_boxes,
+        prompts_from_points,
+    )
     from napari_sam2.models.checkpoints import load_model
 
     coords, positive, ids = read_points_csv(files["points"])
@@ -280,12 +285,12 @@ def test_precision_reaches_the_loaded_model(monkeypatch) -> None:
         return "model"
 
     monkeypatch.setattr("napari_sam2.models.checkpoints.load_model", fake_load_model)
-    parser = cli.build_parser()
+    parser = build_parser()
     args = parser.parse_args(["track", "s.tif", "--points", "p.csv", "--out", "o.tif",
                               "--device", "cpu", "--precision", "bf16", "-q"])
-    assert cli._load_model(args, video=True) == "model" and seen["precision"] == "bf16"
+    assert load_model(args, video=True) == "model" and seen["precision"] == "bf16"
     args = parser.parse_args(["segment", "i.tif", "--auto", "--out", "o.tif", "--device", "cpu"])
-    cli._load_model(args, video=False)
+    load_model(args, video=False)
     assert seen["precision"] == "fast"
 
 
@@ -297,7 +302,7 @@ def test_runtime_failure_is_status_1_and_debug_shows_the_traceback(
     def failing_track(*args, **kwargs):
         raise RuntimeError("out of GPU memory\n(second line)")
 
-    monkeypatch.setattr(cli, "_load_model", lambda args, video: object())
+    monkeypatch.setattr(track_command, "load_model", lambda args, video: object())
     monkeypatch.setattr(napari_sam2.api, "track", failing_track)
     argv = ["track", str(files["stack"]), "--points", str(files["points"]), "--out",
             str(tmp_path / "labels.tif"), "-q"]
@@ -316,9 +321,8 @@ def test_models_lists_the_eight_checkpoints(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     rows = {line.split()[0]: line.split() for line in lines[2:]}
-    assert set(rows) == {
-        f"{v}_hiera_{s}" for v in ("sam2", "sam2.1") for s in ("tiny", "small", "base_plus", "large")
-    }
+    sizes = ("tiny", "small", "base_plus", "large")
+    assert set(rows) == {f"{v}_hiera_{s}" for v in ("sam2", "sam2.1") for s in sizes}
     assert rows["sam2.1_hiera_tiny"][1:5] == ["sam2.1_hiera_t", "~149", "MB", "no"]
     assert rows["sam2_hiera_small"][4:] == ["yes", str(tmp_path / "sam2_hiera_small.pt")]
     assert str(tmp_path) in lines[0]

@@ -1,6 +1,7 @@
 """``napari-sam2 demo``: napari with the sample time-lapse and the SAM 2 dock widget.
 
-Imported only by that command, so that the other commands never load napari or Qt.
+napari and Qt are imported only when the command runs, so that the other commands never load
+them.
 """
 
 from __future__ import annotations
@@ -10,12 +11,29 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .cli import EXIT_OK, _check_model, _say
+from .common import EXIT_OK, add_common_options, say
+from .model_options import check_model
 
-__all__ = ["DEMO_NO_RUN_ENV", "run_demo"]
+__all__ = ["DEMO_NO_RUN_ENV", "add_parser", "run"]
 
 #: Set to 1 to make ``napari-sam2 demo`` build the viewer and return without the event loop.
 DEMO_NO_RUN_ENV = "NAPARI_SAM2_DEMO_NO_RUN"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the ``demo`` command to the subcommands ``sub``."""
+    p = sub.add_parser("demo", help="open napari with a sample time-lapse and the SAM 2 widget")
+    p.add_argument("--model", default=None, metavar="NAME|PATH",
+                   help="load this model into the widget, e.g. a local checkpoint file to work "
+                        "offline (default: choose in the widget)")
+    p.add_argument("--config", default=None, metavar="CFG",
+                   help="config name or YAML for a checkpoint file (default: inferred)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
+    p.add_argument("--image-size", type=int, default=None, metavar="N",
+                   help="model input size (default: the widget's setting)")
+    p.add_argument("--no-run", action="store_true", help=argparse.SUPPRESS)
+    add_common_options(p)
+    p.set_defaults(func=run)
 
 
 def _widget_name() -> str:
@@ -29,12 +47,12 @@ def _widget_name() -> str:
     return widgets[0].display_name
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Open napari with the sample time-lapse and the dock widget (and ``--model`` loaded)."""
     no_run = args.no_run or os.environ.get(DEMO_NO_RUN_ENV, "") not in ("", "0")
     model = None
     if args.model is not None:
-        _check_model(args.model)
+        check_model(args.model)
         model = os.path.abspath(args.model) if Path(args.model).is_file() else args.model
     import napari
 
@@ -46,13 +64,13 @@ def run_demo(args: argparse.Namespace) -> int:
             widget.set_model(model, config=args.config, device=args.device,
                              image_size=args.image_size)
         layers = ", ".join(layer.name for layer in viewer.layers)
-        _say(f"demo ready: layers [{layers}], dock widget {type(widget).__name__}")
+        say(f"demo ready: layers [{layers}], dock widget {type(widget).__name__}")
         if no_run:
             if model is not None:
                 _wait_until_idle(widget)
                 if getattr(widget, "model", None) is None:
                     raise RuntimeError(f"the widget could not load {model}")
-                _say(f"model {args.model} loaded")
+                say(f"model {args.model} loaded")
             return EXIT_OK
         napari.run()
     finally:
