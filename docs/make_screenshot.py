@@ -72,7 +72,7 @@ def main() -> None:
         labels.data[truth == 1] = 2
         labels.refresh()
         widget.labels_layer = labels
-        widget._hinted = True  # no "load a model" notification in the picture
+        widget.controller.hint_shown = True  # no "load a model" notification in the picture
         for obj_id, (y, x) in cells.items():
             widget.add_point((t, y, x), obj_id=obj_id)
         if daughters[1].any():

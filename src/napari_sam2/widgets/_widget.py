@@ -104,7 +104,6 @@ class SAM2Widget(QWidget):
     overwrite = _forward("overwrite", writable=True)
     current_object = _forward("current_object", writable=True)
     positive = _forward("positive", writable=True)
-    _hinted = _forward("hint_shown", writable=True)
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
