@@ -92,18 +92,18 @@ def build(
 
 
 def reference_loader(stack: SyntheticStack, image_size: int, preload: bool):
-    """Replacement for the reference's frame loader: preloaded float32 frames (as its JPEG
-    loader) or a lazy sequence."""
+    """Replacement for the reference's frame loader: the same frames through our video resize
+    (which is its JPEG loader's), preloaded as float32 (as that loader does) or lazy."""
     import sam2.sam2_video_predictor as svp
 
-    from napari_sam2.core.stacks.model_input import image_to_tensor
+    from napari_sam2.core.stacks.model_input import video_frame_to_tensor
 
     class Lazy:
         def __len__(self):
             return stack.shape[0]
 
         def __getitem__(self, t):
-            return image_to_tensor(stack.frame(t), image_size)
+            return video_frame_to_tensor(stack.frame(t), image_size)
 
     def load(**kwargs):
         frames = Lazy()

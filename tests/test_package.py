@@ -94,3 +94,28 @@ def test_no_import_circles() -> None:
     # the detector itself finds a circle when there is one
     graph.add_import(importer="napari_sam2.core.stacks.source", imported="napari_sam2.api")
     assert any("napari_sam2.api" in group for group in _import_cycles(graph))
+
+
+def test_core_and_widgets_compose_rather_than_mix_in() -> None:
+    """No class in core/ or widgets/ is assembled from mixins: none is named or derives from a
+    ``*Mixin``, and none has two or more bases that are classes of this package."""
+    import ast
+
+    package = ROOT / "src" / "napari_sam2"
+    ours: set[str] = set()
+    classes: list[tuple[str, ast.ClassDef]] = []
+    for folder in ("core", "widgets"):
+        for path in sorted((package / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ClassDef):
+                    ours.add(node.name)
+                    classes.append((str(path.relative_to(package)), node))
+    assert len(classes) > 20
+    offending = []
+    for where, node in classes:
+        bases = [ast.unparse(b).split("[")[0].split(".")[-1] for b in node.bases]
+        if node.name.endswith("Mixin") or any(b.endswith("Mixin") for b in bases):
+            offending.append(f"{where}: {node.name}({', '.join(bases)})")
+        elif sum(b in ours for b in bases) >= 2:
+            offending.append(f"{where}: {node.name}({', '.join(bases)})")
+    assert offending == []

@@ -214,3 +214,45 @@ def test_frames_at_model_size_are_not_resampled():
     assert torch.equal(
         video_frame_to_tensor(f, 256), (torch.from_numpy(f).permute(2, 0, 1) - mean) / std
     )
+
+
+def test_every_stack_path_feeds_the_encoder_the_video_resize(pair, tmp_path):
+    """``api.track`` (and so the command line), the pre-encoder and a 16-bit stack all reach
+    the image encoder through :func:`video_frame_to_tensor`, not the image predictor's resize."""
+    from napari_sam2 import api
+    from napari_sam2.core.annotations import FramePrompt
+    from napari_sam2.core.stacks.source import open_frames
+    from napari_sam2.core.video.pre_encoder import PreEncoder
+
+    _, ours = pair(256)
+    model = ours.model
+    seen: list[torch.Tensor] = []
+    original = model.forward_image
+
+    def forward_image(x):
+        seen.append(x.detach().clone())
+        return original(x)
+
+    frames = rgb_frames(3, 300, 420)
+    grey16 = (frames[..., 0].astype(np.uint16) * 40 + 300)
+    with mock.patch.object(model, "forward_image", forward_image):
+        prompt = FramePrompt(frame_idx=0, obj_id=1, points=np.array([[140.0, 135.0]]),
+                             labels=np.array([1]))
+        api.track(frames, [prompt], model=ours, direction="forward")
+        assert len(seen) == 3
+        for t, x in enumerate(seen):
+            assert torch.equal(x[0], video_frame_to_tensor(frames[t], 256))
+
+        seen.clear()
+        state = ours.init_state(grey16)
+        pre = PreEncoder(ours, state, radius=1)
+        pre.focus(1)
+        assert pre.wait_idle(timeout=120)
+        pre.close()
+        assert seen, "the pre-encoder encoded nothing"
+        mapped = open_frames(grey16)
+        for x in seen:
+            matches = [t for t in range(3)
+                       if torch.equal(x[0], video_frame_to_tensor(mapped.read(t), 256))]
+            assert len(matches) == 1
+        state.close()
