@@ -16,8 +16,8 @@ import tifffile
 import napari_sam2
 from napari_sam2 import api
 from napari_sam2._sample_data import make_timelapse
+from napari_sam2.core.annotations import FramePrompt
 from napari_sam2.core.annotations.labels import masks_to_labels
-from napari_sam2.core.annotations.prompts import FramePrompt
 from napari_sam2.core.image.mask_generator import SAM2AutomaticMaskGenerator
 from napari_sam2.core.image.predictor import SAM2ImagePredictor
 from napari_sam2.core.video.predictor import SAM2VideoPredictor

@@ -18,7 +18,7 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 if TYPE_CHECKING:
     from .api import segment_everything, segment_image, track
-    from .core.annotations.prompts import FramePrompt, prompts_from_boxes, prompts_from_points
+    from .core.annotations import FramePrompt, prompts_from_boxes, prompts_from_points
     from .models.checkpoints import load_model
 
 # Public name -> module that defines it; imported on first attribute access (PEP 562).

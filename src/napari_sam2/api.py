@@ -9,7 +9,7 @@ Conventions
 -----------
 * Points are SAM's ``N×2`` ``(x, y)`` pixels (column first), boxes XYXY ``(x0, y0, x1, y1)``.
   Coordinates taken from napari layers are ``(…, y, x)``: turn them into prompts with
-  :mod:`napari_sam2.core.annotations.prompts` (``prompts_from_points``, ``prompts_from_boxes``).
+  :mod:`napari_sam2.core.annotations` (``prompts_from_points``, ``prompts_from_boxes``).
 * Images may be 8-bit RGB/grey, 16-bit, float, multichannel: other than ``uint8`` and floats in
   ``[0, 1]`` they are contrast-stretched (0.5-99.5 percentiles per channel) before SAM sees
   them; pass ``normalization=`` (:class:`napari_sam2.core.stacks.normalization.Normalization`) to
@@ -40,13 +40,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .core.annotations.labels import label_dtype, masks_to_labels
-from .core.annotations.prompts import (
+from .core.annotations import (
     FramePrompt,
     merge_prompts,
     prompts_from_dict,
     validate_prompts,
 )
+from .core.annotations.labels import label_dtype, masks_to_labels
 
 if TYPE_CHECKING:
     import torch
@@ -222,7 +222,7 @@ def _as_prompts(prompts: Any) -> list[FramePrompt]:
     if isinstance(prompts, Sequence) and all(isinstance(p, FramePrompt) for p in prompts):
         return merge_prompts(prompts)
     raise TypeError(
-        "prompts must be a list of FramePrompt (see napari_sam2.core.annotations.prompts) "
+        "prompts must be a list of FramePrompt (see napari_sam2.core.annotations) "
         "or a dict "
         "{(frame_idx, obj_id): {'points': N×2 (x, y), 'labels': N, 'box': XYXY}}"
     )
@@ -281,7 +281,7 @@ def track(
             time, never the whole stack. Multichannel and higher-dimensional stacks: pass
             ``frame_axis``, ``channel_axis``, ``position`` (see
             :func:`~napari_sam2.core.stacks.source.open_frames`).
-        prompts: a list of :class:`~napari_sam2.core.annotations.prompts.FramePrompt` (e.g. from
+        prompts: a list of :class:`~napari_sam2.core.annotations.FramePrompt` (e.g. from
             ``prompts_from_points``), or a dict ``{(frame_idx, obj_id): {"points": N×2 (x, y),
             "labels": N (1/0, default 1), "box": XYXY}}``. Object ids are the label values
             (>= 1). Checked against the stack: a point outside it raises :class:`ValueError`.

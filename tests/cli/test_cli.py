@@ -102,12 +102,12 @@ def test_track_end_to_end(tmp_path: Path, files, checkpoint) -> None:
 
     # The same run in-process, through the Python API.
     from napari_sam2 import api
-    from napari_sam2.core.annotations.napari_csv import read_points_csv, read_shapes_csv
-    from napari_sam2.core.annotations.prompts import (
+    from napari_sam2.core.annotations import (
         merge_prompts,
         prompts_from_boxes,
         prompts_from_points,
     )
+    from napari_sam2.core.annotations.napari_csv import read_points_csv, read_shapes_csv
     from napari_sam2.models.checkpoints import load_model
 
     coords, positive, ids = read_points_csv(files["points"])

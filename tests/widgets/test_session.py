@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam2.core.annotations.prompts import FramePrompt
+from napari_sam2.core.annotations import FramePrompt
 from napari_sam2.widgets._labels_writer import FramePlacement, merge_object_masks
 from napari_sam2.widgets._session import SegmentationSession
 

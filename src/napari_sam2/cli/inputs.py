@@ -75,8 +75,8 @@ def parse_position(items: list[str] | None) -> dict[int, int] | None:
 
 
 def read_prompts(args: argparse.Namespace, frame_axis: int | None) -> list:
+    from ..core.annotations import merge_prompts, prompts_from_boxes, prompts_from_points
     from ..core.annotations.napari_csv import read_points_csv, read_shapes_csv
-    from ..core.annotations.prompts import merge_prompts, prompts_from_boxes, prompts_from_points
 
     groups = []
     if args.points:

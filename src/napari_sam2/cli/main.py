@@ -10,7 +10,7 @@ Commands::
     napari-sam2 demo [--model PATH]
 
 Prompts are CSV files saved from napari Points / Shapes layers ("File > Save Selected
-Layers..."); see :mod:`napari_sam2.core.annotations.prompts` for the columns used (``obj_id``,
+Layers..."); see :mod:`napari_sam2.core.annotations` for the columns used (``obj_id``,
 ``positive``).
 
 Outputs are written atomically: into a temporary file next to the destination, renamed onto it

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         rgb = image if ready else normalize_image(image)[0]
     height, width = rgb.shape[:2]
     if prompts is not None:
-        from ..core.annotations.prompts import validate_prompts
+        from ..core.annotations import validate_prompts
 
         with input_errors(""):
             prompts = validate_prompts(prompts, 1, height, width)

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     """Track the prompted objects of ``args.stack`` and write their labels to ``args.out``."""
     import numpy as np
 
-    from ..core.annotations.prompts import validate_prompts
+    from ..core.annotations import validate_prompts
     from ..core.stacks.source import open_frames
 
     if not (args.points or args.boxes):

@@ -1,7 +1,7 @@
 """napari layers of a segmentation: the image's geometry, the output Labels layer and the two
 prompt layers (Points for clicks, Shapes for boxes). napari imports, no Qt.
 
-Prompt layers follow the convention of :mod:`napari_sam2.core.annotations.prompts`: a Points layer's
+Prompt layers follow the convention of :mod:`napari_sam2.core.annotations`: a Points layer's
 ``features`` has ``obj_id`` (the label value) and ``positive`` (foreground click) columns, with
 ``feature_defaults`` so new points get the current object and polarity; a Shapes layer's
 rectangles carry ``obj_id`` the same way.
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..core.annotations.prompts import (
+from ..core.annotations import (
     FramePrompt,
     merge_prompts,
     point_features,

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.annotations.prompts import FramePrompt, validate_prompts
+from ..core.annotations import FramePrompt, validate_prompts
 
 __all__ = ["FrameMasks", "SegmentationSession"]
 

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_sam2.core.annotations.napari_csv import read_points_csv, read_shapes_csv
-from napari_sam2.core.annotations.prompts import (
+from napari_sam2.core.annotations import (
     FramePrompt,
     merge_prompts,
     point_features,
@@ -20,6 +19,7 @@ from napari_sam2.core.annotations.prompts import (
     prompts_from_points,
     validate_prompts,
 )
+from napari_sam2.core.annotations.napari_csv import read_points_csv, read_shapes_csv
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def napari_save():
 
 def test_import_is_free_of_qt_napari_and_torch() -> None:
     code = (
-        "import sys, napari_sam2.core.annotations.prompts\n"
+        "import sys, napari_sam2.core.annotations\n"
         "bad = [m for m in ('torch', 'qtpy', 'PyQt6', 'napari') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

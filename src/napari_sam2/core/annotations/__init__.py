@@ -7,16 +7,9 @@ Importing the package is cheap (no torch); masks -> labels is in :mod:`.labels`.
 
 from __future__ import annotations
 
+from .frame_prompt import FramePrompt, merge_prompts, prompts_from_dict, validate_prompts
 from .napari_csv import read_points_csv, read_shapes_csv
-from .prompts import (
-    FramePrompt,
-    merge_prompts,
-    point_features,
-    prompts_from_boxes,
-    prompts_from_dict,
-    prompts_from_points,
-    validate_prompts,
-)
+from .napari_layers import point_features, prompts_from_boxes, prompts_from_points
 
 __all__ = [
     "FramePrompt",

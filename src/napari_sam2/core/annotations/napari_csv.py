@@ -1,7 +1,7 @@
 """Read the CSV files napari writes when a Points or Shapes layer is saved.
 
 Points: columns ``index``, ``axis-0``, ``axis-1``, … and the layer's feature columns (``obj_id``,
-``positive`` or ``label``; see :mod:`napari_sam2.core.annotations.prompts`). Shapes: ``index``,
+``positive`` or ``label``; see :mod:`napari_sam2.core.annotations`). Shapes: ``index``,
 ``shape-type``, ``vertex-index``, ``axis-0``, …; rectangles only. No Qt and no napari imports.
 """
 
@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .prompts import _integer, point_features
+from .frame_prompt import _integer
+from .napari_layers import point_features
 
 __all__ = ["read_points_csv", "read_shapes_csv"]
 
