@@ -119,3 +119,19 @@ def test_core_and_widgets_compose_rather_than_mix_in() -> None:
         elif sum(b in ours for b in bases) >= 2:
             offending.append(f"{where}: {node.name}({', '.join(bases)})")
     assert offending == []
+
+
+def test_core_exports_the_predictors_without_the_wings() -> None:
+    """User code reaches the predictors from ``napari_sam2.core``; importing it is light."""
+    code = (
+        "import sys, napari_sam2.core as core\n"
+        "assert 'torch' not in sys.modules\n"
+        "from napari_sam2.core.image.mask_generator import SAM2AutomaticMaskGenerator\n"
+        "from napari_sam2.core.image.predictor import SAM2ImagePredictor\n"
+        "from napari_sam2.core.video.predictor import SAM2VideoPredictor\n"
+        "assert core.SAM2ImagePredictor is SAM2ImagePredictor\n"
+        "assert core.SAM2VideoPredictor is SAM2VideoPredictor\n"
+        "assert core.SAM2AutomaticMaskGenerator is SAM2AutomaticMaskGenerator\n"
+        "assert {'FramePrompt', 'FrameSource', 'Normalization', 'PreEncoder'} <= set(dir(core))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
