@@ -191,7 +191,9 @@ def test_objects_are_reused_and_names_or_paths_are_loaded(
 
 def test_precision_is_applied_to_a_given_network_and_to_loaded_ones(checkpoint, stack) -> None:
     net = checkpoints.load_model(checkpoint, device="cpu", image_size=SIZE)
-    assert net.precision == "fast"  # the default
+    from napari_sam2.models.precision_policy import resolve_precision
+
+    assert net.precision == resolve_precision("auto", "cpu").mode  # the default
     image, points = stack[0], np.array([[20.0, 30.0]])
     strict = api.segment_image(image, points, model=net, precision="fp32")
     assert net.precision == "fp32"

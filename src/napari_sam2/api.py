@@ -25,10 +25,12 @@ Conventions
           labels = track(path, prompts[path], model=model)
 
   With an object, ``device``, ``config`` and ``image_size`` are ignored: it runs where it is.
-* ``precision``: ``"fast"`` (default for a loaded model: float32 results, bfloat16 units where
-  the CPU keeps float32 accuracy), ``"fp32"`` (strict) or ``"bf16"`` (faster, about 1 %
-  error); see :mod:`napari_sam2.models.precision`. Given with a network or predictor, it
-  changes that network's mode; ``None`` leaves it as it is.
+* ``precision``: ``"auto"`` (default for a loaded model: bfloat16 on CUDA and on CPUs with
+  bfloat16 units, which SAM 2 itself runs in, float32 elsewhere; decided by measurement),
+  ``"fp32"`` (strict, the reference's numbers), ``"fast"`` (float32 results, bfloat16 units
+  where the CPU keeps float32 accuracy) or ``"bf16"``; see :mod:`napari_sam2.models.precision`.
+  Given with a network or predictor, it changes that network's mode; ``None`` leaves it as
+  it is.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def _load(
 
         return load_model(
             model, config=config, device=device, image_size=image_size, video=video,
-            precision="fast" if precision is None else precision,
+            precision="auto" if precision is None else precision,
         )
     raise TypeError(
         "model must be an official model name, a checkpoint path, a network from load_model() "

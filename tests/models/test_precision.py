@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from napari_sam2.models import fast_fp32 as fast
 from napari_sam2.models import precision as prec
 from napari_sam2.models.attention import RoPEAttention
 from napari_sam2.models.attention_kernels import attend_then_project, chunked_attention
@@ -15,7 +16,7 @@ from napari_sam2.models.build import build_model
 
 
 def _flag() -> str | None:
-    flags = prec._matmul_flags()
+    flags = fast._matmul_flags()
     return getattr(flags, "fp32_precision", None)
 
 
@@ -51,15 +52,18 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_unknown_precision_is_refused(tiny):
-    with pytest.raises(ValueError, match="fp32, fast, bf16"):
+    with pytest.raises(ValueError, match="auto, fp32, fast, bf16"):
         prec.set_precision(tiny, "fp16")
     with pytest.raises(ValueError, match="precision"):
         build_model("sam2.1_hiera_t", image_size=256, device="meta", precision="half")
 
 
-def test_default_is_fast_and_modes_are_recorded():
+def test_default_is_auto_and_modes_are_recorded():
     model = build_model("sam2.1_hiera_t", image_size=256, device="meta")
-    assert model.precision == "fast"
+    assert model.precision == "fp32"  # "auto" on a device without bfloat16 support here
+    assert "meta" in model.precision_reason
+    prec.set_precision(model, "fast")
+    assert model.precision == "fast" and model.precision_reason == "chosen explicitly"
     assert len(model._precision_hooks) == 8  # pre + post on four parts
     prec.set_precision(model, "fp32")
     assert model.precision == "fp32" and model._precision_hooks == []
@@ -95,7 +99,7 @@ def test_switch_restored_when_forward_raises(tiny):
     with pytest.raises(Exception):
         tiny.image_encoder(torch.zeros(1, 3, 7))  # wrong rank
     assert _flag() == before
-    assert prec._active == 0
+    assert fast._active == 0
     prec.set_precision(tiny, "fp32")
 
 
@@ -119,10 +123,10 @@ def test_fast_check_rejects_plain_bfloat16(monkeypatch):
     class Flags:
         fp32_precision = "ieee"
 
-    monkeypatch.setattr(prec, "_fast_ok", None)
-    monkeypatch.setattr(prec, "_matmul_flags", lambda: Flags)
+    monkeypatch.setattr(fast, "_fast_ok", None)
+    monkeypatch.setattr(fast, "_matmul_flags", lambda: Flags)
     assert prec.fast_fp32_available() is True  # exact products pass the check
-    monkeypatch.setattr(prec, "_fast_ok", None)
+    monkeypatch.setattr(fast, "_fast_ok", None)
     real_matmul = torch.Tensor.__matmul__
 
     def lossy(a, b):
@@ -131,12 +135,12 @@ def test_fast_check_rejects_plain_bfloat16(monkeypatch):
 
     monkeypatch.setattr(torch.Tensor, "__matmul__", lossy)
     assert prec.fast_fp32_available() is False
-    monkeypatch.setattr(prec, "_fast_ok", None)
+    monkeypatch.setattr(fast, "_fast_ok", None)
 
 
 @pytest.mark.parametrize("ev", [16, 32])
 def test_chunked_attention_equals_fused_kernel(ev, monkeypatch):
-    monkeypatch.setattr("napari_sam2.models.attention_kernels._BLOCK_BYTES", 4096)  # many blocks
+    monkeypatch.setattr("napari_sam2.models.blocked_attention._BLOCK_BYTES", 4096)  # many blocks
     gen = torch.Generator().manual_seed(2)
     q = torch.randn(2, 3, 50, 32, generator=gen)
     k = torch.randn(2, 3, 70, 32, generator=gen)

@@ -25,10 +25,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
     g.add_argument("--image-size", type=int, default=None, metavar="N",
                    help="model input size (default: the config's, 1024)")
-    g.add_argument("--precision", choices=["fast", "fp32", "bf16"], default="fast",
-                   help="fast: float32 results, bfloat16 units where the CPU keeps float32 "
-                        "accuracy; fp32: strict; bf16: faster, about 1%% error "
-                        "(default: %(default)s)")
+    g.add_argument("--precision", choices=["auto", "fast", "fp32", "bf16"], default="auto",
+                   help="auto: bfloat16 on CUDA and on CPUs with bfloat16 units (measured), "
+                        "float32 elsewhere; fp32: strict, the reference's numbers; fast: "
+                        "float32 results, bfloat16 units where the CPU keeps float32 accuracy; "
+                        "bf16: about 1%% error (default: %(default)s)")
 
 
 def check_model(name: str) -> None:

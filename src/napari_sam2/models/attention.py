@@ -60,10 +60,31 @@ class Attention(nn.Module):
         out = sdpa(q, k, v, dropout_p=dropout_p)
         return self.out_proj(self._merge_heads(out))
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        q = self._split_heads(self.q_proj(q))
-        k = self._split_heads(self.k_proj(k))
-        v = self._split_heads(self.v_proj(v))
+    def project_queries(self, q: torch.Tensor) -> torch.Tensor:
+        """``B×Nq×embedding_dim`` -> ``B×heads×Nq×c`` projected queries."""
+        return self._split_heads(self.q_proj(q))
+
+    def project_keys(self, k: torch.Tensor) -> torch.Tensor:
+        """``B×Nk×kv_in_dim`` -> ``B×heads×Nk×c`` projected keys."""
+        return self._split_heads(self.k_proj(k))
+
+    def project_values(self, v: torch.Tensor) -> torch.Tensor:
+        """``B×Nk×kv_in_dim`` -> ``B×heads×Nk×c`` projected values."""
+        return self._split_heads(self.v_proj(v))
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        projected: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Attention output ``B×Nq×embedding_dim``. ``projected`` may hold already projected
+        ``"q"``, ``"k"`` or ``"v"`` (``B×heads×N×c``); those inputs are then not used."""
+        projected = projected or {}
+        q = projected["q"] if "q" in projected else self.project_queries(q)
+        k = projected["k"] if "k" in projected else self.project_keys(k)
+        v = projected["v"] if "v" in projected else self.project_values(v)
         return self._attend(q, k, v)
 
 

@@ -205,13 +205,13 @@ def build_model(
     postprocessing: bool = True,
     video: bool = False,
     device: str | torch.device = "cpu",
-    precision: str = "fast",
+    precision: str = "auto",
 ) -> SAM2Base:
     """Instantiate an (untrained) SAM 2 network from a config; see :func:`load_config`.
 
     ``device="meta"`` builds it without allocating weights (for inspecting keys and shapes).
-    ``precision`` is one of ``"fp32"``, ``"fast"``, ``"bf16"``
-    (see :mod:`napari_sam2.models.precision`). The model is returned in eval mode.
+    ``precision`` is ``"auto"`` (chosen for ``device`` by measurement), ``"fp32"``, ``"fast"``
+    or ``"bf16"`` (see :mod:`napari_sam2.models.precision`). The model is returned in eval mode.
     """
     from .precision import PRECISIONS, set_precision
 

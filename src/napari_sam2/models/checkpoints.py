@@ -254,7 +254,7 @@ def load_model(
     video: bool = False,
     postprocessing: bool = True,
     progress: bool = True,
-    precision: str = "fast",
+    precision: str = "auto",
 ) -> SAM2Base:
     """Build the network and load weights into it, in eval mode on ``device``.
 
@@ -265,10 +265,16 @@ def load_model(
             name, or the one inferred from the file's weights.
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda:0"``...
         image_size, video, postprocessing: passed to :func:`napari_sam2.models.build.build_model`.
-        precision: ``"fast"`` (float32 results, bfloat16 units where that keeps float32
-            accuracy), ``"fp32"`` (strict) or ``"bf16"`` (opt-in, faster, ~1 % error); see
+        precision: ``"auto"`` (bfloat16 on CUDA and on CPUs with bfloat16 units, float32
+            elsewhere; decided for ``device`` by measurement), ``"fp32"`` (strict, the
+            reference's numbers), ``"fast"`` (float32 results, bfloat16 units where that keeps
+            float32 accuracy) or ``"bf16"`` (~1 % error); see
             :mod:`napari_sam2.models.precision`.
     """
+    from .precision import PRECISIONS, set_precision
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
     key = _ALIASES.get(str(name_or_path), str(name_or_path))
     dev = resolve_device(device)  # fail fast, before any download
     if key in REGISTRY:
@@ -294,7 +300,7 @@ def load_model(
         image_size=image_size,
         postprocessing=postprocessing,
         video=video,
-        precision=precision,
+        precision="fp32",
     )
     load_state_dict_strict(model, state_dict, str(config))
-    return model.to(dev)
+    return set_precision(model.to(dev), precision)  # "auto" is decided for the device

@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MLP", "LayerNorm2d", "activation_fn", "activation_module", "version_key"]
+__all__ = [
+    "MLP",
+    "LayerNorm2d",
+    "activation_fn",
+    "activation_module",
+    "tensor_identity",
+    "version_key",
+]
 
 
 def version_key(*tensors: torch.Tensor) -> tuple | None:
@@ -18,6 +25,32 @@ def version_key(*tensors: torch.Tensor) -> tuple | None:
     if any(t.is_inference() for t in tensors):
         return None
     return tuple((t.data_ptr(), t._version) for t in tensors)
+
+def tensor_identity(t: torch.Tensor | None) -> tuple:
+    """A cache-key part naming a tensor's current values: the tensor itself (kept alive by
+    the key, so its memory cannot be reused while the key exists), its address, layout and
+    in-place version (inference tensors keep none; ours are never written in place)."""
+    if t is None:
+        return (None,)
+    version = -1 if t.is_inference() else t._version
+    return (HeldTensor(t), t.data_ptr(), tuple(t.shape), t.stride(), t.dtype, version)
+
+
+class HeldTensor:
+    """Holds a tensor inside a cache key; equal to another only for the very same tensor
+    memory (compared through the key's address and layout fields)."""
+
+    __slots__ = ("tensor",)
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HeldTensor)
+
+    def __hash__(self) -> int:
+        return 0
+
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,

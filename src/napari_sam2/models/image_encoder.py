@@ -48,6 +48,12 @@ class ImageEncoder(nn.Module):
         }
 
 
+def _encode_positions(encoding: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Position encoding of ``x``'s grid with ``x``'s rounding (float32 when it can be)."""
+    rounded = getattr(encoding, "rounded_like", None)
+    return encoding(x).to(x.dtype) if rounded is None else rounded(x)
+
+
 class FpnNeck(nn.Module):
     """Feature-pyramid neck without output convolutions.
 
@@ -126,5 +132,5 @@ class FpnNeck(nn.Module):
             else:
                 prev = lateral
             out[i] = prev
-            pos[i] = self.position_encoding(prev).to(prev.dtype)
+            pos[i] = _encode_positions(self.position_encoding, prev)
         return out, pos

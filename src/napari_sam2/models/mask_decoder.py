@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import MLP, LayerNorm2d, activation_module
+from .common import MLP, LayerNorm2d, activation_module, tensor_identity
 
 __all__ = ["MaskDecoder"]
 
@@ -60,6 +60,7 @@ class MaskDecoder(nn.Module):
         use_multimask_token_for_obj_ptr: bool = False,
     ) -> None:
         super().__init__()
+        self._image_side_cache: tuple[tuple, dict[str, torch.Tensor]] | None = None
         act = activation_module(activation)
         self.transformer_dim = transformer_dim
         self.transformer = transformer
@@ -201,7 +202,10 @@ class MaskDecoder(nn.Module):
         pos_src = image_pe.expand(src.shape[0], -1, -1, -1)
         b, c, h, w = src.shape
 
-        hs, src = self.transformer(src, pos_src, tokens)  # B×(T+N)×C, B×hw×C
+        image_side = self._image_side(
+            src, pos_src, (image_embeddings, dense_prompt_embeddings, image_pe, repeat_image)
+        )
+        hs, src = self.transformer(src, pos_src, tokens, image_side)  # B×(T+N)×C, B×hw×C
         iou_token_out = hs[:, first, :]  # B×C
         mask_tokens_out = hs[:, first + 1 : first + 1 + self.num_mask_tokens, :]  # B×K×C
 
@@ -230,6 +234,33 @@ class MaskDecoder(nn.Module):
             # No presence head: report a confident "object present" logit (sigmoid(10) ≈ 1).
             object_score_logits = iou_pred.new_full((iou_pred.shape[0], 1), 10.0)
         return masks, iou_pred, mask_tokens_out, object_score_logits
+
+    def _image_side(
+        self, src: torch.Tensor, pos_src: torch.Tensor, inputs: tuple
+    ) -> dict[str, torch.Tensor] | None:
+        """The transformer's first-block image projections for ``src`` (image embedding plus
+        dense prompt embedding), reused while the same image is decoded again with the same
+        dense embedding (clicks on an encoded image). ``None`` when gradients are needed."""
+        if torch.is_grad_enabled() or self.training or not hasattr(
+            self.transformer, "image_projections"
+        ):
+            return None
+        device = src.device.type
+        autocast = torch.is_autocast_enabled(device)
+        weights = [p for layer in self.transformer.layers[:1] for p in layer.parameters()]
+        key = (
+            *(tensor_identity(x) if isinstance(x, torch.Tensor) else x for x in inputs),
+            src.shape[0],
+            tuple(tensor_identity(w) for w in weights),
+            autocast,
+            torch.get_autocast_dtype(device) if autocast else None,
+        )
+        cached = self._image_side_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        side = self.transformer.image_projections(src, pos_src)
+        self._image_side_cache = (key, side)
+        return side
 
     def _get_stability_scores(self, mask_logits: torch.Tensor) -> torch.Tensor:
         """Stability of ``...×H×W`` mask logits: area above ``+delta`` over area above ``-delta``.

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .attention import RoPEAttention
-from .common import activation_fn
+from .common import activation_fn, tensor_identity
 
 __all__ = ["MemoryAttentionLayer", "MemoryAttention"]
 
@@ -133,10 +133,42 @@ class MemoryAttentionLayer(nn.Module):
             ``B×Nq×d_model`` updated tokens.
         """
         tgt = self._self_attention_block(tgt, query_pos)
+        return self.attend_memory(tgt, memory, pos, query_pos, num_k_exclude_rope)
+
+    def self_attention(self, tgt: torch.Tensor, query_pos: torch.Tensor | None) -> torch.Tensor:
+        """The first step alone (``B×Nq×d_model`` in and out): it sees only the current frame."""
+        return self._self_attention_block(tgt, query_pos)
+
+    def attend_memory(
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        pos: torch.Tensor | None = None,
+        query_pos: torch.Tensor | None = None,
+        num_k_exclude_rope: int = 0,
+    ) -> torch.Tensor:
+        """The steps after :meth:`self_attention`: cross-attention to memory, then the MLP."""
         tgt = self._cross_attention_block(tgt, memory, query_pos, pos, num_k_exclude_rope)
         x = self.norm3(tgt)
         x = self.linear2(self.dropout(self.activation(self.linear1(x))))
         return tgt + self.dropout3(x)
+
+
+def _frame_key(
+    curr: torch.Tensor, curr_pos: torch.Tensor | None, layer: nn.Module, owner: nn.Module
+) -> tuple | None:
+    """Cache key of :meth:`MemoryAttention._frame_self_attention`."""
+    weights = [*layer.self_attn.parameters(), *layer.norm1.parameters()]
+    autocast = torch.is_autocast_enabled(curr.device.type)
+    dtype = torch.get_autocast_dtype(curr.device.type) if autocast else None
+    return (
+        tensor_identity(curr),
+        tensor_identity(curr_pos),
+        tuple(tensor_identity(w) for w in weights),
+        autocast,
+        dtype,
+        owner.pos_enc_at_input,
+    )
 
 
 class MemoryAttention(nn.Module):
@@ -165,6 +197,7 @@ class MemoryAttention(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.pos_enc_at_input = pos_enc_at_input
         self.batch_first = batch_first
+        self._frame_cache: tuple[tuple, torch.Tensor] | None = None
 
     def forward(
         self,
@@ -195,26 +228,53 @@ class MemoryAttention(nn.Module):
                 f"Batch size differs between curr ({curr.shape[1]}) and memory ({memory.shape[1]})."
             )
 
-        output = curr
-        if self.pos_enc_at_input and curr_pos is not None:
-            output = output + 0.1 * curr_pos
+        if not self.batch_first:
+            raise NotImplementedError("MemoryAttention runs its layers batch-first only.")
+        output = self._frame_self_attention(curr, curr_pos)  # B×N×C
+        curr_pos = curr_pos.transpose(0, 1) if curr_pos is not None else None
+        memory = memory.transpose(0, 1)  # N×B×C -> B×N×C for the layers
+        memory_pos = memory_pos.transpose(0, 1) if memory_pos is not None else None
 
-        if self.batch_first:
-            # N×B×C -> B×N×C for the layers
-            output = output.transpose(0, 1)
-            curr_pos = curr_pos.transpose(0, 1) if curr_pos is not None else None
-            memory = memory.transpose(0, 1)
-            memory_pos = memory_pos.transpose(0, 1) if memory_pos is not None else None
-
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             extra: dict[str, int] = {}
             if isinstance(layer.cross_attn_image, RoPEAttention):
                 extra["num_k_exclude_rope"] = num_obj_ptr_tokens
-            output = layer(
-                tgt=output, memory=memory, pos=memory_pos, query_pos=curr_pos, **extra
-            )
+            step = layer.attend_memory if i == 0 else layer
+            output = step(output, memory, pos=memory_pos, query_pos=curr_pos, **extra)
         output = self.norm(output)
 
-        if self.batch_first:
-            output = output.transpose(0, 1)  # B×N×C -> N×B×C
-        return output
+        return output.transpose(0, 1)  # B×N×C -> N×B×C
+
+    def _frame_self_attention(
+        self, curr: torch.Tensor, curr_pos: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The input position term and the first layer's self-attention, ``B×N×C``.
+
+        Both see only the current frame, never the memory: every object tracked on a frame
+        gets the same result. Without gradients it is computed once per frame and reused
+        (for the other objects, in later calls or along a broadcast batch), keyed by the
+        frame's feature tensors, the weights and the autocast state.
+        """
+        first = self.layers[0]
+        key = None
+        if not torch.is_grad_enabled() and not self.training:
+            key = _frame_key(curr, curr_pos, first, self)
+            if key is not None and self._frame_cache is not None:
+                cached_key, value = self._frame_cache
+                if cached_key == key:
+                    return value
+        batch = curr.shape[1]
+        shared = batch > 1 and curr.stride(1) == 0 and (curr_pos is None or curr_pos.stride(1) == 0)
+        x, pos = (curr[:, :1], None if curr_pos is None else curr_pos[:, :1]) if shared else (
+            curr, curr_pos)
+        if self.pos_enc_at_input and pos is not None:
+            x = x + 0.1 * pos
+        x = x.transpose(0, 1)
+        pos = pos.transpose(0, 1) if pos is not None else None
+        out = first.self_attention(x, pos)
+        if shared:
+            out = out.expand(batch, -1, -1)
+        if key is not None:
+            # The key holds the frame's tensors, so their memory cannot be reused meanwhile.
+            self._frame_cache = (key, out)
+        return out

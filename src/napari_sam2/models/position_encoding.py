@@ -89,10 +89,32 @@ class PositionEmbeddingSine(nn.Module):
         self._cache[key] = pos
         return pos
 
+    def grid_as(
+        self, height: int, width: int, device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """:meth:`grid` with its values rounded to ``dtype`` (kept in float32 for float32 and
+        bfloat16; cached per dtype, so no call pays for the cast)."""
+        if dtype in (torch.float32, torch.float64):
+            return self.grid(height, width, device).to(dtype)
+        key = (height, width, f"{device}:{dtype}")
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = self.grid(height, width, device).to(dtype).float()
+            self._cache[key] = cached
+        return cached
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pos = self.grid(x.shape[-2], x.shape[-1], x.device)
         return pos[None].expand(x.shape[0], -1, -1, -1).to(x.dtype)
+
+    @torch.no_grad()
+    def rounded_like(self, x: torch.Tensor) -> torch.Tensor:
+        """``B×2F×H×W`` encoding for ``x`` (a broadcast view), with the values of
+        ``forward(x)`` but in float32: what a bfloat16 feature map's encoding holds, without
+        a bfloat16 copy to cast back later."""
+        pos = self.grid_as(x.shape[-2], x.shape[-1], x.device, x.dtype)
+        return pos[None].expand(x.shape[0], -1, -1, -1)
 
 
 class PositionEmbeddingRandom(nn.Module):

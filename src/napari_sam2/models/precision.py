@@ -1,10 +1,13 @@
 """How the heavy parts of a SAM 2 network compute: strict float32, fast float32, or bfloat16.
 
-Three modes, set per model with :func:`set_precision` (``model.precision`` tells the current one):
+Three modes, set per model with :func:`set_precision` (``model.precision`` tells the current one,
+``model.precision_reason`` why), plus ``"auto"`` (the default everywhere), which picks one of
+them for the model's device by measurement (:mod:`~napari_sam2.models.precision_policy`):
+bfloat16 on CUDA and on CPUs with bfloat16 product units, float32 elsewhere.
 
 ``"fp32"``
     Strict IEEE float32 everywhere; the reference behaviour.
-``"fast"`` (the default)
+``"fast"``
     Inputs and outputs stay float32, but on CPUs whose oneDNN library can split float32 into
     bfloat16 parts (AVX-512 BF16 or AMX), matrix products and attention use those units. On
     such CPUs this is about twice as fast. Before it is used, a product is checked against float64
@@ -12,10 +15,11 @@ Three modes, set per model with :func:`set_precision` (``model.precision`` tells
     round to plain bfloat16), ``"fast"`` falls back to strict float32. So ``"fast"`` is never
     less exact than that bound, and results stay within the parity tolerance of the reference.
 ``"bf16"``
-    Opt-in: the image encoder, memory attention and memory encoder run under bfloat16 autocast
-    (CPU or CUDA) and their outputs are cast back to float32. About 1 % relative error in the
-    features; masks agree with float32 to within a few edge pixels. Checked by its own, looser
-    parity test.
+    The image encoder, memory attention, memory encoder and mask decoder run under bfloat16
+    autocast (CPU or CUDA), SAM 2's own regime, and their outputs are cast back to float32.
+    Their linear and convolution weights are cast to bfloat16 once (kept beside the float32
+    ones, remade when those change) instead of on every call. About 1 % relative error in the
+    features; masks agree with float32 to within a few edge pixels (see the bfloat16 agreement tests).
 
 The modes are applied with forward hooks on the network's top-level parts, so every caller
 (image predictor, video predictor, background pre-encoder) gets them without extra code. The
@@ -33,96 +37,28 @@ from typing import Any
 import torch
 from torch import nn
 
+from .fast_fp32 import FAST_TOLERANCE, fast_fp32_available, precision_scope
+
 __all__ = [
     "PRECISIONS",
+    "MODES",
     "FAST_TOLERANCE",
     "fast_fp32_available",
     "set_precision",
     "precision_scope",
 ]
 
+# FAST_TOLERANCE, fast_fp32_available and precision_scope live in .fast_fp32 and are
+# re-exported here, where the modes are described.
+
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fast", "bf16")
-FAST_TOLERANCE = 1e-5
+MODES = ("fp32", "fast", "bf16")
+"""The modes a model actually runs in."""
+PRECISIONS = ("auto", *MODES)
+"""What may be asked for: a mode or ``"auto"``."""
 _PARTS = ("image_encoder", "memory_attention", "memory_encoder", "sam_mask_decoder")
-_AUTOCAST_PARTS = ("image_encoder", "memory_attention", "memory_encoder")
-
-_lock = threading.Lock()
-_active = 0
-_saved: str | None = None
-_fast_ok: bool | None = None
-
-
-def _matmul_flags() -> Any:
-    return getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
-
-
-def fast_fp32_available() -> bool:
-    """Whether float32 products may use bfloat16 units here without losing float32-level
-    accuracy (checked once: relative error ≤ :data:`FAST_TOLERANCE` against float64)."""
-    global _fast_ok
-    if _fast_ok is None:
-        flags = _matmul_flags()
-        if (
-            flags is None
-            or not hasattr(flags, "fp32_precision")
-            or not torch.backends.mkldnn.is_available()
-        ):
-            _fast_ok = False
-        else:
-            gen = torch.Generator().manual_seed(0)
-            a = torch.randn(256, 512, generator=gen)
-            b = torch.randn(512, 256, generator=gen)
-            exact = a.double() @ b.double()
-            previous = flags.fp32_precision
-            try:
-                flags.fp32_precision = "bf16"
-                fast = a @ b
-            except (RuntimeError, ValueError):  # not supported by this build
-                fast = None
-            finally:
-                flags.fp32_precision = previous
-            if fast is None:
-                _fast_ok = False
-            else:
-                err = float((fast.double() - exact).abs().max() / exact.abs().max())
-                _fast_ok = err <= FAST_TOLERANCE
-                log.debug("fast float32 products: relative error %.2e -> %s", err, _fast_ok)
-    return _fast_ok
-
-
-class precision_scope:
-    """Context manager: float32 products may use bfloat16 units (``"fast"``) while inside.
-
-    Re-entrant and thread-safe: the process-wide switch is set by the first scope to open and
-    restored by the last to close. Outside CPUs that pass :func:`fast_fp32_available`, it
-    does nothing.
-    """
-
-    def __enter__(self) -> precision_scope:
-        global _active, _saved
-        if fast_fp32_available():
-            with _lock:
-                if _active == 0:
-                    flags = _matmul_flags()
-                    _saved = flags.fp32_precision
-                    flags.fp32_precision = "bf16"
-                _active += 1
-            self._entered = True
-        else:
-            self._entered = False
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        global _active
-        if self._entered:
-            with _lock:
-                _active -= 1
-                if _active == 0:
-                    _matmul_flags().fp32_precision = _saved
-            self._entered = False
-
+_AUTOCAST_PARTS = _PARTS  # every heavy part, as SAM 2 runs under autocast
 
 def _to_float32(x: Any) -> Any:
     if isinstance(x, torch.Tensor):
@@ -139,16 +75,97 @@ def _device_type(module: nn.Module) -> str:
     return "cpu" if param is None else param.device.type
 
 
-def _hooks(mode: str, autocast: bool) -> tuple[Callable, Callable]:
+class _WeightShadows:
+    """bfloat16 copies of a part's linear and convolution weights, swapped in while the part
+    runs without gradients (autocast then finds them already cast) and swapped back after.
+
+    Re-entrant and thread-safe: the first call to enter swaps, the last to leave restores.
+    A copy is remade when its float32 weight changed (a new tensor or an in-place write).
+    """
+
+    _TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d)
+
+    def __init__(self, part: nn.Module) -> None:
+        self._slots = [
+            (module, name)
+            for module in part.modules()
+            if isinstance(module, self._TYPES)
+            for name in ("weight", "bias")
+            if isinstance(module._parameters.get(name), torch.Tensor)
+        ]
+        self._copies: list[tuple[torch.Tensor, int, torch.Tensor]] = []
+        self._saved: list[Any] = []
+        self._users = 0
+        self._lock = threading.Lock()
+
+    def _fresh_copies(self) -> list[torch.Tensor]:
+        current = [module._parameters[name] for module, name in self._slots]
+        valid = len(self._copies) == len(current) and all(
+            src is p and version == p._version
+            for (src, version, _), p in zip(self._copies, current)
+        )
+        if not valid:
+            with torch.no_grad():
+                self._copies = [
+                    (p, p._version, p.detach().to(torch.bfloat16)) for p in current
+                ]
+        return [copy for _, _, copy in self._copies]
+
+    def enter(self) -> bool:
+        """Swap the copies in (first user) and count this user; ``False`` (nothing done)
+        for weights made under inference mode, which keep no version to tell a change by,
+        so autocast casts them on every call instead."""
+        with self._lock:
+            if self._users == 0:
+                if any(module._parameters[name].is_inference() for module, name in self._slots):
+                    return False
+                copies = self._fresh_copies()
+                self._saved = [module._parameters[name] for module, name in self._slots]
+                for (module, name), copy in zip(self._slots, copies):
+                    module._parameters[name] = copy  # a plain tensor: read-only use
+            self._users += 1
+            return True
+
+    def leave(self) -> None:
+        """Count this user out; the last one puts the float32 weights back."""
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                for (module, name), original in zip(self._slots, self._saved):
+                    module._parameters[name] = original
+                self._saved = []
+
+
+class _Swap:
+    """Context manager over :class:`_WeightShadows` (used without gradients only)."""
+
+    def __init__(self, shadows: _WeightShadows) -> None:
+        self.shadows = shadows
+        self.active = False
+
+    def __enter__(self) -> _Swap:
+        self.active = self.shadows.enter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.active:
+            self.shadows.leave()
+            self.active = False
+
+
+def _hooks(mode: str, autocast: bool, part: nn.Module) -> tuple[Callable, Callable]:
     """A forward pre-hook that opens this mode's contexts and a forward hook that closes them
     (always called, also when the forward raises) and casts bfloat16 outputs to float32."""
     local = threading.local()  # contexts opened per call, per thread
+    shadows = _WeightShadows(part) if mode == "bf16" and autocast else None
 
     def pre(module: nn.Module, args: Any) -> None:
         contexts: list[Any] = []
         contexts.append(precision_scope())  # float32 parts of "bf16" benefit as well
         if mode == "bf16" and autocast:
             contexts.append(torch.autocast(_device_type(module), dtype=torch.bfloat16))
+            if shadows is not None and not torch.is_grad_enabled():
+                contexts.append(_Swap(shadows))
         for ctx in contexts:
             ctx.__enter__()
         local.__dict__.setdefault("stack", []).append(contexts)
@@ -162,25 +179,33 @@ def _hooks(mode: str, autocast: bool) -> tuple[Callable, Callable]:
     return pre, post
 
 
-def set_precision(model: nn.Module, mode: str = "fast") -> nn.Module:
+def set_precision(model: nn.Module, mode: str = "auto") -> nn.Module:
     """Make ``model`` (a SAM 2 network) compute in ``mode`` (one of :data:`PRECISIONS`).
 
-    Applies to the image encoder, memory attention, memory encoder and mask decoder (the parts
-    that exist). Returns ``model``; ``model.precision`` records the mode.
+    ``"auto"`` is resolved for the device of the model's weights
+    (:func:`~napari_sam2.models.precision_policy.resolve_precision`). Applies to the image
+    encoder, memory attention, memory encoder and mask decoder (the parts that exist).
+    Returns ``model``; ``model.precision`` records the mode it runs in and
+    ``model.precision_reason`` why.
     """
     if mode not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {mode!r}.")
+    from .precision_policy import resolve_precision
+
+    param = next(model.parameters(), None)
+    choice = resolve_precision(mode, "cpu" if param is None else param.device)
     for handle in getattr(model, "_precision_hooks", ()):
         handle.remove()
     handles = []
-    if mode != "fp32":
+    if choice.mode != "fp32":
         for name in _PARTS:
             part = getattr(model, name, None)
             if part is None:
                 continue
-            pre, post = _hooks(mode, autocast=name in _AUTOCAST_PARTS)
+            pre, post = _hooks(choice.mode, autocast=name in _AUTOCAST_PARTS, part=part)
             handles.append(part.register_forward_pre_hook(pre))
             handles.append(part.register_forward_hook(post, always_call=True))
     model._precision_hooks = handles
-    model.precision = mode
+    model.precision = choice.mode
+    model.precision_reason = choice.reason
     return model

@@ -58,11 +58,28 @@ class TwoWayTransformer(nn.Module):
         )
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
+    def image_projections(
+        self, image_embedding: torch.Tensor, image_pe: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """What the first block computes from the image alone, for :meth:`forward`'s
+        ``image_side``: its token-to-image keys and values and its image-to-token queries
+        (``B×heads×HW×c`` each). They do not depend on the prompts, so a decoder that sees
+        the same image again (another click) can reuse them."""
+        keys = image_embedding.flatten(2).transpose(1, 2)  # B×HW×C
+        keys_pe = keys + image_pe.flatten(2).transpose(1, 2)
+        first = self.layers[0]
+        return {
+            "t2i_k": first.cross_attn_token_to_image.project_keys(keys_pe),
+            "t2i_v": first.cross_attn_token_to_image.project_values(keys),
+            "i2t_q": first.cross_attn_image_to_token.project_queries(keys_pe),
+        }
+
     def forward(
         self,
         image_embedding: torch.Tensor,
         image_pe: torch.Tensor,
         point_embedding: torch.Tensor,
+        image_side: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the two-way attention.
 
@@ -70,6 +87,7 @@ class TwoWayTransformer(nn.Module):
             image_embedding: ``B×C×H×W`` image features.
             image_pe: positional encoding of the image, ``B×C×H×W`` (batch 1 broadcasts).
             point_embedding: ``B×N×C`` query tokens; also used as their positional encoding.
+            image_side: :meth:`image_projections` of this very image and encoding, if known.
 
         Returns:
             ``(queries, keys)``: updated tokens ``B×N×C`` and image tokens ``B×HW×C``.
@@ -78,9 +96,13 @@ class TwoWayTransformer(nn.Module):
         key_pe = image_pe.flatten(2).transpose(1, 2)  # B×HW×C
         queries = point_embedding
 
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             queries, keys = layer(
-                queries=queries, keys=keys, query_pe=point_embedding, key_pe=key_pe
+                queries=queries,
+                keys=keys,
+                query_pe=point_embedding,
+                key_pe=key_pe,
+                image_side=image_side if i == 0 else None,
             )
 
         attn = self.final_attn_token_to_image(
@@ -131,8 +153,14 @@ class TwoWayAttentionBlock(nn.Module):
         keys: torch.Tensor,
         query_pe: torch.Tensor,
         key_pe: torch.Tensor,
+        image_side: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Update ``B×N×C`` tokens and ``B×HW×C`` image tokens; returns both, same shapes."""
+        """Update ``B×N×C`` tokens and ``B×HW×C`` image tokens; returns both, same shapes.
+
+        ``image_side`` (first block only): the projections of ``keys`` and ``keys + key_pe``
+        from :meth:`TwoWayTransformer.image_projections`, used instead of recomputing them.
+        """
+        side = image_side or {}
         # Token self-attention.
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
@@ -143,14 +171,18 @@ class TwoWayAttentionBlock(nn.Module):
 
         # Tokens attend to the image.
         q = queries + query_pe
-        k = keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=k, v=keys))
+        k = None if side else keys + key_pe
+        t2i = {"k": side["t2i_k"], "v": side["t2i_v"]} if side else None
+        queries = self.norm2(
+            queries + self.cross_attn_token_to_image(q=q, k=k, v=keys, projected=t2i)
+        )
 
         # Token MLP.
         queries = self.norm3(queries + self.mlp(queries))
 
         # Image attends to the tokens.
         q = queries + query_pe
-        k = keys + key_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries))
+        k = None if side else keys + key_pe
+        i2t = {"q": side["i2t_q"]} if side else None
+        keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries, projected=i2t))
         return queries, keys

@@ -91,6 +91,8 @@ class WidgetController(QObject):
     #: The viewer's layers, the chosen image or labels layer, or the followed axis changed.
     layers_changed = Signal()
     precision_changed = Signal(str)
+    #: The precision the loaded model runs in and why, e.g. "bf16: this CPU has AMX (...)".
+    precision_in_use_changed = Signal(str)
     pre_encode_changed = Signal(bool)
     overwrite_changed = Signal(bool)
     #: A message for the user: (level, text) with level "info", "warning" or "error".
@@ -117,7 +119,8 @@ class WidgetController(QObject):
         self._current_object = 1
         self._positive = True
         self._contrast_mode = "limits"
-        self._precision = "fast"
+        self._precision = "auto"
+        self._precision_in_use = "no model loaded"
         self._sync_scheduled = False
         self._resync_when_idle = False
         self._shown_errors: set[str] = set()
@@ -302,8 +305,11 @@ class WidgetController(QObject):
 
     @property
     def precision(self) -> str:
-        """How the model computes: ``"fast"`` (float32 results; default), ``"fp32"`` (strict
-        float32) or ``"bf16"`` (faster, approximate); see :mod:`napari_sam2.models.precision`.
+        """How the model computes: ``"auto"`` (default: bfloat16 on CUDA and on CPUs with
+        bfloat16 units, float32 elsewhere, decided by measurement), ``"fp32"`` (strict float32,
+        the reference's numbers), ``"fast"`` (float32 results) or ``"bf16"``; see
+        :mod:`napari_sam2.models.precision`. :attr:`precision_in_use` tells what ``"auto"``
+        became and why.
 
         Applies to the loaded model and to models loaded later. Refused while a propagation
         runs; while another job runs, it is applied as soon as the jobs are done. Cached image
@@ -324,6 +330,20 @@ class WidgetController(QObject):
         self.precision_changed.emit(mode)
         if not self._jobs.busy:
             self._apply_precision()
+
+    @property
+    def precision_in_use(self) -> str:
+        """The loaded model's precision and why (``"bf16: this CPU has AMX (...)"``)."""
+        return self._precision_in_use
+
+    def _show_precision_in_use(self) -> None:
+        model = self._model
+        if model is None:
+            text = "no model loaded"
+        else:
+            text = f"{model.precision}: {getattr(model, 'precision_reason', 'chosen explicitly')}"
+        self._precision_in_use = text
+        self.precision_in_use_changed.emit(text)
 
     @property
     def pre_encode(self) -> bool:
@@ -386,12 +406,14 @@ class WidgetController(QObject):
             return
         self._drop_session()
         set_precision(model, self._precision)
+        model.precision_requested = self._precision
         # A click on any frame, including a tracked one, makes it a conditioning frame: the
         # correction is then kept when the object is propagated again.
         self._model = model
         self._predictor = SAM2VideoPredictor(model, add_all_frames_to_correct_as_cond=True)
         self._model_text = f"{name} on {model.device} ({model.image_size} px)"
         self._show_status(self._model_text)
+        self._show_precision_in_use()
         self.model_loaded.emit(model)
         if self._image is not None:
             self._activate()
@@ -399,12 +421,14 @@ class WidgetController(QObject):
     def _apply_precision(self) -> None:
         """Give the loaded model the chosen precision (no job may be running)."""
         model = self._model
-        if model is None or getattr(model, "precision", None) == self._precision:
+        if model is None or getattr(model, "precision_requested", None) == self._precision:
             return
         from ..models.precision import set_precision
 
         self._pre.close()  # no forward pass may run while the hooks change
         set_precision(model, self._precision)
+        model.precision_requested = self._precision
+        self._show_precision_in_use()
         if self._session is not None:
             self._session.state.feature_cache.clear()  # computed under the old precision
         self._refresh_pre_encoder()

@@ -30,6 +30,7 @@ IMAGE_SIZES = ("1024", "512", "256")
 NORMALIZATIONS = ("image contrast limits", "automatic (percentiles)")
 # (shown text, mode of napari_sam2.models.precision.set_precision)
 PRECISIONS = (
+    ("automatic (fastest for this machine)", "auto"),
     ("fast float32", "fast"),
     ("strict float32", "fp32"),
     ("bfloat16 (faster, approximate)", "bf16"),
@@ -110,10 +111,13 @@ class Controls:
         for text, mode in PRECISIONS:
             self.precision.addItem(text, mode)
         self.precision.setToolTip(
-            "fast float32: float32 results, using bfloat16 units where the CPU keeps float32 "
-            "accuracy. strict float32: the reference numbers. bfloat16: faster, masks may "
-            "differ by a few edge pixels."
+            "automatic: bfloat16 (SAM 2's own precision) on CUDA and on CPUs with bfloat16 "
+            "units, float32 elsewhere. fast float32: float32 results, using bfloat16 units "
+            "where the CPU keeps float32 accuracy. strict float32: the reference numbers. "
+            "bfloat16: faster, masks may differ by a few edge pixels."
         )
+        self.precision_in_use = QLabel("no model loaded")
+        self.precision_in_use.setWordWrap(True)
         self.pre_encode = QCheckBox("Pre-encode neighbouring slices")
         self.pre_encode.setToolTip("While you look at a slice, encode it and the slices "
                                    "next to it in the background, so clicks there are quick.")
@@ -121,6 +125,7 @@ class Controls:
         adv.addRow("checkpoint config", self.config)
         adv.addRow("contrast", self.normalization)
         adv.addRow("precision", self.precision)
+        adv.addRow("in use", self.precision_in_use)
         adv.addRow(self.pre_encode)
         adv.addRow("everything: points per side", self.points_per_side)
         form.addRow(self.advanced_box)

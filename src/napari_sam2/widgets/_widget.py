@@ -99,6 +99,7 @@ class SAM2Widget(QWidget):
     boxes_layer = _forward("boxes_layer")
     frame_axis = _forward("frame_axis", writable=True)
     precision = _forward("precision", writable=True)
+    precision_in_use = _forward("precision_in_use")
     pre_encode = _forward("pre_encode", writable=True)
     pre_encoder = _forward("pre_encoder")
     overwrite = _forward("overwrite", writable=True)
@@ -160,6 +161,7 @@ class SAM2Widget(QWidget):
         c.prompt_defaults_changed.connect(self._show_defaults)
         c.layers_changed.connect(self._refresh_layer_combos)
         c.precision_changed.connect(self._show_precision)
+        c.precision_in_use_changed.connect(self._show_precision_in_use)
         c.pre_encode_changed.connect(self._show_pre_encode)
         c.overwrite_changed.connect(self._show_overwrite)
         c.notice.connect(self._notify)
@@ -171,6 +173,7 @@ class SAM2Widget(QWidget):
         self._show_status(c.status)
         self._show_defaults(c.current_object, c.positive)
         self._show_precision(c.precision)
+        self._show_precision_in_use(c.precision_in_use)
         self._show_pre_encode(c.pre_encode)
         self._show_overwrite(c.overwrite)
         self._show_running(c.is_running)
@@ -357,6 +360,10 @@ class SAM2Widget(QWidget):
         combo.blockSignals(True)
         combo.setCurrentIndex(max(0, combo.findData(mode)))
         combo.blockSignals(False)
+
+    def _show_precision_in_use(self, text: str) -> None:
+        if self._alive:
+            self._ui.precision_in_use.setText(text)
 
     def _show_pre_encode(self, on: bool) -> None:
         if not self._alive:

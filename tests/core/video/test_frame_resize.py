@@ -63,7 +63,10 @@ def pair(official_checkpoint):
                 hydra_overrides_extra=[f"++model.image_size={image_size}"],
             )
             ref.fill_hole_area = 0
-            model = load_model(path, config=CONFIG, device="cpu", image_size=image_size, video=True)
+            model = load_model(
+                path, config=CONFIG, device="cpu", image_size=image_size, video=True,
+                precision="fast",
+            )
             realistic(ref)
             realistic(model)
             made[image_size] = (ref.eval(), SAM2VideoPredictor(model, fill_hole_area=0))

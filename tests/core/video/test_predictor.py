@@ -152,7 +152,10 @@ def video_pair(official_checkpoint):
                 hydra_overrides_extra=[f"++model.image_size={image_size}"],
             )
             ref.fill_hole_area = 0  # its CUDA-only hole filling is skipped on CPU anyway
-            model = load_model(path, config=config, device="cpu", image_size=image_size, video=True)
+            model = load_model(
+                path, config=config, device="cpu", image_size=image_size, video=True,
+                precision="fast",
+            )
             with torch.no_grad():
                 for m in (ref, model):
                     head = m.sam_mask_decoder.pred_obj_score_head
