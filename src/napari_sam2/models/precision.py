@@ -19,7 +19,8 @@ bfloat16 on CUDA and on CPUs with bfloat16 product units, float32 elsewhere.
     autocast (CPU or CUDA), SAM 2's own regime, and their outputs are cast back to float32.
     Their linear and convolution weights are cast to bfloat16 once (kept beside the float32
     ones, remade when those change) instead of on every call. About 1 % relative error in the
-    features; masks agree with float32 to within a few edge pixels (see the bfloat16 agreement tests).
+    features; masks agree with float32 to within a few edge pixels (see the bfloat16
+    agreement tests).
 
 The modes are applied with forward hooks on the network's top-level parts, so every caller
 (image predictor, video predictor, background pre-encoder) gets them without extra code. The
