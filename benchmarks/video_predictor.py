@@ -1,7 +1,7 @@
 """Video predictor speed and memory, ours against the reference SAM 2 on the same random weights.
 
     python benchmarks/video_predictor.py [--config sam2.1_hiera_t] [--image-size 1024]
-        [--frames 16] [--objects 1 4 8] [--precision fast bf16 fp32]
+        [--frames 16] [--objects 1 4 8] [--precision auto fp32] [--no-flops]
         [--long-frames 300] [--long-image-size 256] [--long-frame-size N] [--long-uint16]
         [--skip-speed] [--skip-rss] [--no-reference-rss] [--threads N]
 
@@ -11,7 +11,9 @@
    the middle frame and a propagation from there (ours re-encodes only frames no longer in
    its feature cache; the reference re-encodes every frame). Ours runs in each
    ``--precision`` mode; printed per mode: the largest logit difference to the reference, the
-   fraction of mask pixels that agree, and how many frames ours encoded.
+   fraction of mask pixels that agree, and how many frames ours encoded. Unless
+   ``--no-flops``, one more run of ours counts the GFLOP it does per frame, and the table
+   gives the share of the machine's product peak ours reaches and the time at that peak.
 2. Memory: resident memory (RSS) while tracking one object through ``--long-frames`` frames, in
    a fresh process per predictor. Our frames come from a lazy array-like (as from a TIFF on
    disk); the reference is fed the way its loader works, all frames preloaded as float32 at the
@@ -30,7 +32,7 @@ from unittest import mock
 
 import numpy as np
 import torch
-from _common import describe_machine, print_table
+from _common import count_gflop, describe_machine, peak_for, print_roofline_table
 
 
 class SyntheticStack:
@@ -65,7 +67,7 @@ def clicks(n_objects: int, size: int) -> list[list[float]]:
 
 
 def build(
-    config: str, image_size: int, which: str = "both", seed: int = 0, precision: str = "fast"
+    config: str, image_size: int, which: str = "both", seed: int = 0, precision: str = "auto"
 ):
     """(reference video predictor, our predictor) on the same random weights; ``which`` =
     ``"ours"`` / ``"reference"`` builds only that one (the other is ``None``)."""
@@ -117,21 +119,34 @@ def reference_loader(stack: SyntheticStack, image_size: int, preload: bool):
     return mock.patch.object(svp, "load_video_frames", load)
 
 
-def _track(predictor, state, n_obj: int, size: int, frames: int) -> dict:
+def _track(predictor, state, n_obj: int, size: int, frames: int, flops: bool = False) -> dict:
     """Click ``n_obj`` objects on frame 0 and propagate; then a correction click on the middle
-    frame and a propagation from there. Returns timings and masks."""
+    frame and a propagation from there. Returns timings (or, with ``flops``, GFLOP per
+    frame) and masks."""
     for i, xy in enumerate(clicks(n_obj, size)):
         predictor.add_new_points_or_box(state, 0, i + 1, points=[xy], labels=[1])
-    start = time.perf_counter()
-    masks = [m for _, _, m in predictor.propagate_in_video(state)]
-    first = (time.perf_counter() - start) / frames
+    masks: list = []
+    again: list = []
     mid = frames // 2
     x, y = clicks(n_obj, size)[0]
-    predictor.add_new_points_or_box(state, mid, 1, points=[[x + size * 0.02, y]], labels=[1])
+
+    def first_pass():
+        masks.extend(m for _, _, m in predictor.propagate_in_video(state))
+
+    def second_pass():
+        predictor.add_new_points_or_box(state, mid, 1, points=[[x + size * 0.02, y]], labels=[1])
+        again.extend(m for _, _, m in predictor.propagate_in_video(state, start_frame_idx=mid))
+
+    measure = count_gflop if flops else _seconds
+    first = measure(first_pass) / frames
+    second = measure(second_pass) / (frames - mid)
+    return {"first": first, "again": second, "masks": masks + again}
+
+
+def _seconds(fn) -> float:
     start = time.perf_counter()
-    again = [m for _, _, m in predictor.propagate_in_video(state, start_frame_idx=mid)]
-    return {"first": first, "again": (time.perf_counter() - start) / len(again),
-            "masks": masks + again}
+    fn()
+    return time.perf_counter() - start
 
 
 def _agreement(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[float, float]:
@@ -152,6 +167,7 @@ def speed(args) -> None:
             with reference_loader(stack, args.image_size, preload=False):
                 ref_state = ref.init_state("unused")
             theirs = _track(ref, ref_state, n_obj, args.image_size, args.frames)
+            gflop = None
             for precision in args.precision:
                 _, ours = build(args.config, args.image_size, which="ours", precision=precision)
                 ours.model.load_state_dict(ref.state_dict())
@@ -161,18 +177,28 @@ def speed(args) -> None:
                 with ours.init_state(stack) as state:
                     mine = _track(ours, state, n_obj, args.image_size, args.frames)
                     cached = len(state.feature_cache)
+                encoded = len(calls)
+                if gflop is None and args.flops:
+                    with ours.init_state(stack) as state:
+                        gflop = _track(ours, state, n_obj, args.image_size, args.frames, True)
                 diff, same = _agreement(mine["masks"], theirs["masks"])
-                tag = f"{n_obj} object(s), {precision}"
-                rows.append((f"propagate, {tag}, s/frame", mine["first"], theirs["first"]))
+                mode = ours.model.precision
+                tag = f"{n_obj} object(s), {precision}" + (
+                    f" -> {mode}" if precision == "auto" else "")
+                peak = peak_for(precision)
+                g_first = gflop["first"] if gflop else float("nan")
+                g_again = gflop["again"] if gflop else float("nan")
+                rows.append((f"propagate, {tag}, s/frame", mine["first"], theirs["first"],
+                             g_first, peak))
                 rows.append((f"re-propagate after a correction, {tag}, s/frame",
-                             mine["again"], theirs["again"]))
+                             mine["again"], theirs["again"], g_again, peak))
                 notes.append(f"{tag}: max |logit| diff {diff:.2e}, same mask sign {same:.5f}; "
-                             f"ours encoded {len(calls)} frames for {args.frames} "
+                             f"ours encoded {encoded} frames for {args.frames} "
                              f"(+{args.frames - args.frames // 2} re-propagated; "
                              f"{cached} cached at the end)")
-    print(f"\n{args.config} at image_size {args.image_size}, {args.frames} frames; "
-          f"{describe_machine()}")
-    print_table(rows)
+    print(f"\n{describe_machine()}\n{args.config} at image_size {args.image_size}, "
+          f"{args.frames} frames")
+    print_roofline_table(rows)
     print("\n".join(notes))
 
 
@@ -256,8 +282,10 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=1024)
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--objects", type=int, nargs="+", default=[1, 4, 8])
-    parser.add_argument("--precision", nargs="+", default=["fast"],
-                        choices=["fp32", "fast", "bf16"], help="our precision mode(s)")
+    parser.add_argument("--precision", nargs="+", default=["auto", "fp32"],
+                        choices=["auto", "fp32", "fast", "bf16"], help="our precision mode(s)")
+    parser.add_argument("--no-flops", dest="flops", action="store_false",
+                        help="do not count ours' GFLOP per frame (one run less)")
     parser.add_argument("--long-frames", type=int, default=300)
     parser.add_argument("--long-image-size", type=int, default=256)
     parser.add_argument("--long-frame-size", type=int, default=None,

@@ -4,8 +4,8 @@
 * A CPU with native bfloat16 products (AMX or AVX-512-BF16, and not capped below them by
   ``ONEDNN_MAX_CPU_ISA``), *confirmed* by a short timed product: ``"bf16"`` when a bfloat16
   matrix product measures at least :data:`BF16_MIN_SPEEDUP` times faster than a float32 one.
-* Otherwise float32: ``"fast"`` where float32 products split into bfloat16 parts keep float32
-  accuracy and measure faster, else ``"fp32"``.
+* Otherwise float32: ``"fast"`` where the CPU has bfloat16 units and float32 products split
+  into bfloat16 parts keep float32 accuracy and measure faster, else ``"fp32"``.
 * Other devices (MPS, ...): ``"fp32"``.
 
 The CPU's name and instruction sets come from the operating system (``/proc/cpuinfo``,
@@ -323,7 +323,7 @@ def choose_precision(
     else:
         why = f"this CPU has {units}, but bfloat16 products measured only {speedup:.1f}x faster"
     split = rates.split_fp32
-    if split is not None and split >= SPLIT_MIN_SPEEDUP * rates.fp32:
+    if units is not None and split is not None and split >= SPLIT_MIN_SPEEDUP * rates.fp32:
         return PrecisionChoice("fast", f"{why}; float32 split over bfloat16 parts "
                                        f"({split / rates.fp32:.1f}x faster, float32 accuracy)")
     return PrecisionChoice("fp32", f"{why}; float32")
