@@ -291,7 +291,7 @@ def test_precision_reaches_the_loaded_model(monkeypatch) -> None:
     assert load_model(args, video=True) == "model" and seen["precision"] == "bf16"
     args = parser.parse_args(["segment", "i.tif", "--auto", "--out", "o.tif", "--device", "cpu"])
     load_model(args, video=False)
-    assert seen["precision"] == "fast"
+    assert seen["precision"] == "auto"  # the default
 
 
 def test_runtime_failure_is_status_1_and_debug_shows_the_traceback(
@@ -320,7 +320,9 @@ def test_models_lists_the_eight_checkpoints(tmp_path: Path) -> None:
     result = run_cli("models", NAPARI_SAM2_CACHE=str(tmp_path))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    assert lines[-1].startswith("this machine: ") and "--precision auto on " in lines[-1]
+    assert any(f"-> {mode}: " in lines[-1] for mode in ("bf16", "fast", "fp32"))
+    rows = {line.split()[0]: line.split() for line in lines[2:-1]}
     sizes = ("tiny", "small", "base_plus", "large")
     assert set(rows) == {f"{v}_hiera_{s}" for v in ("sam2", "sam2.1") for s in sizes}
     assert rows["sam2.1_hiera_tiny"][1:5] == ["sam2.1_hiera_t", "~149", "MB", "no"]

@@ -195,7 +195,6 @@ def _matched(base: list[dict], other: list[dict]) -> tuple[float, float, int]:
 @pytest.mark.parametrize("mode", MODES)
 def test_automatic_mask_generator(image_pair, picture, mode):
     ref, ours = image_pair
-    shape = picture.shape[:2]
     fp32 = _reference_generator(ref).generate(picture)
     with _autocast(True, ref):
         bf16 = _reference_generator(ref).generate(picture)

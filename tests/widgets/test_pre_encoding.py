@@ -97,8 +97,12 @@ def test_precision_choice_applies_now_later_and_to_new_models(
     viewer, widget = loaded(blob_stack(3))
     viewer.dims.set_current_step(0, 1)
     combo = widget._ui.precision
-    assert widget.precision == "fast" and widget.model.precision == "fast"
-    assert combo.currentData() == "fast" and combo.count() == 3
+    from napari_sam2.models.precision_policy import resolve_precision
+
+    auto = resolve_precision("auto", "cpu")
+    assert widget.precision == "auto" and widget.model.precision == auto.mode  # the default
+    assert combo.currentData() == "auto" and combo.count() == 4
+    assert widget.precision_in_use == auto.describe() == widget._ui.precision_in_use.text()
     with qtbot.waitSignal(widget.masks_updated, timeout=WAIT * 1000):
         widget.add_point((1, 30, 25))
     wait_idle(qtbot, widget)
@@ -107,6 +111,7 @@ def test_precision_choice_applies_now_later_and_to_new_models(
     applied.clear()
     combo.setCurrentIndex(combo.findData("bf16"))  # the combo
     assert applied == ["bf16"] and widget.model.precision == "bf16" == widget.precision
+    assert widget._ui.precision_in_use.text() == "bf16: chosen explicitly"
     assert len(widget.session.state.feature_cache) == 0  # features of the old precision dropped
 
     widget.pre_encode = True

@@ -1,5 +1,5 @@
 """``napari-sam2 models`` and ``napari-sam2 download``: list the official checkpoints and which
-are cached; download and verify one."""
+are cached, and what ``--precision auto`` means on this machine; download and verify one."""
 
 from __future__ import annotations
 
@@ -38,7 +38,19 @@ def run_models(args: argparse.Namespace) -> int:
     print(f"checkpoint cache: {cache_dir()} (set NAPARI_SAM2_CACHE to change it)")
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4])
+    print(machine_line())
     return EXIT_OK
+
+
+def machine_line() -> str:
+    """``this machine: CPU ...; --precision auto on cpu -> bf16: this CPU has AMX (...)``."""
+    from ..models.checkpoints import resolve_device
+    from ..models.precision_policy import cpu_info, resolve_precision
+
+    device = resolve_device("auto")
+    choice = resolve_precision("auto", device)
+    return (f"this machine: {cpu_info().describe()}; --precision auto on {device.type} -> "
+            f"{choice.describe()}")
 
 
 def run_download(args: argparse.Namespace) -> int:
