@@ -11,7 +11,8 @@ import torch
 
 
 def paired_models(config: str = "sam2.1_hiera_t", image_size: int = 1024, seed: int = 0):
-    """(reference, ours) SAM 2 networks with the same random weights, eval mode, CPU."""
+    """(reference, ours) SAM 2 networks with the same random weights (made realistic, see
+    :func:`realistic_weights`), eval mode, CPU."""
     from sam2.build_sam import build_sam2
 
     from napari_sam2.models.build import build_model
@@ -24,9 +25,22 @@ def paired_models(config: str = "sam2.1_hiera_t", image_size: int = 1024, seed: 
         device="cpu",
         hydra_overrides_extra=[f"++model.image_size={image_size}"],
     ).eval()
+    realistic_weights(ref)
     ours = build_model(config, image_size=image_size)
     ours.load_state_dict(ref.state_dict(), strict=True)
     return ref, ours.eval()
+
+
+def realistic_weights(model: torch.nn.Module) -> None:
+    """Give random weights a trained model's logit size (the mask hypernetworks' last layers
+    ×20) and present objects (presence bias +10), so that the agreement figures mean
+    something: raw random weights give logits of about ±0.5, or no object at all."""
+    decoder = model.sam_mask_decoder
+    with torch.no_grad():
+        decoder.pred_obj_score_head.layers[-1].bias += 10.0
+        for mlp in decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight *= 20.0
+            mlp.layers[-1].bias *= 20.0
 
 
 def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:

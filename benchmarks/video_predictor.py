@@ -32,7 +32,13 @@ from unittest import mock
 
 import numpy as np
 import torch
-from _common import count_gflop, describe_machine, peak_for, print_roofline_table
+from _common import (
+    count_gflop,
+    describe_machine,
+    peak_for,
+    print_roofline_table,
+    realistic_weights,
+)
 
 
 class SyntheticStack:
@@ -69,7 +75,8 @@ def clicks(n_objects: int, size: int) -> list[list[float]]:
 def build(
     config: str, image_size: int, which: str = "both", seed: int = 0, precision: str = "auto"
 ):
-    """(reference video predictor, our predictor) on the same random weights; ``which`` =
+    """(reference video predictor, our predictor) on the same random weights (made
+    realistic: objects present, trained-size logits); ``which`` =
     ``"ours"`` / ``"reference"`` builds only that one (the other is ``None``)."""
     from sam2.build_sam import build_sam2_video_predictor
 
@@ -85,10 +92,13 @@ def build(
             hydra_overrides_extra=[f"++model.image_size={image_size}"],
         ).eval()
         ref.fill_hole_area = 0  # its hole filling needs a CUDA extension; compare the same work
+        realistic_weights(ref)
     if which != "reference":
         model = build_model(config, image_size=image_size, video=True, precision=precision)
         if ref is not None:
             model.load_state_dict(ref.state_dict(), strict=True)
+        else:
+            realistic_weights(model)
         ours = SAM2VideoPredictor(model.eval(), fill_hole_area=0)
     return ref, ours
 

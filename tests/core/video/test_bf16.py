@@ -1,4 +1,4 @@
-"""The opt-in bfloat16 mode against the reference: its own, looser parity check.
+"""The bfloat16 mode against the reference: its own, looser parity check.
 
 Strict parity (``precision="fast"``/``"fp32"``) is in ``test_predictor.py``. Here ours
 runs in ``"bf16"``: the logits may differ by rounding of about 1 %, so the check is that the
