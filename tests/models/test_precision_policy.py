@@ -182,6 +182,26 @@ def test_short_attention_and_the_decoder_stay_fused(kernels):
     tokens, image = torch.randn(1, 8, 7, 16), torch.randn(1, 8, 4096, 16)
     assert not kernel_choice.is_long(tokens, image)  # few queries: the mask decoder
     assert kernel_choice.is_long(torch.randn(1, 1, 4096, 16), image)
+    kind = kernel_choice.attention_kind
+    assert kind(image, tokens) == "few-keys"  # image tokens to prompt tokens
+    assert kind(tokens, image) is None and kind(window, window) is None
+    assert kind(image, image) == "long"
+
+
+def test_image_to_token_attention_uses_the_chosen_kernel(kernels, monkeypatch):
+    import napari_sam2.models.attention_kernels as ak
+
+    used = []
+    real = ak.chunked_attention
+    monkeypatch.setattr(ak, "chunked_attention", lambda *a, **k: used.append(1) or real(*a, **k))
+    q, k = torch.randn(1, 8, 4096, 16), torch.randn(1, 8, 7, 16)
+    kernels.set_kernel_choices({"cpu:float32:few-keys": "blocked"})
+    out = sdpa(q, k, k)
+    assert used == [1]
+    torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, k))
+    kernels.set_kernel_choices({"cpu:float32:few-keys": "fused"})
+    sdpa(q, k, k)
+    assert used == [1]
 
 
 def test_kernel_choice_is_measured_once_and_kept(kernels, monkeypatch, tmp_path):
@@ -189,8 +209,10 @@ def test_kernel_choice_is_measured_once_and_kept(kernels, monkeypatch, tmp_path)
     monkeypatch.setattr(precision_policy, "_record", None)
     timed = []
 
-    def fake_times(dtype, repeats=3):
+    def fake_times(dtype, repeats=3, kind="long"):
         timed.append(dtype)
+        if kind == "few-keys":
+            return {"fused": 1.0, "blocked": 2.0, "fused-fp32": 3.0}
         return {"fused": 3.0, "blocked": 1.0, "fused-fp32": 2.0}
 
     monkeypatch.setattr(kernel_choice, "time_kernels", fake_times)
@@ -203,10 +225,16 @@ def test_kernel_choice_is_measured_once_and_kept(kernels, monkeypatch, tmp_path)
     kernels.set_kernel_choices(None)  # a new process: read from the machine record
     assert kernel_choice.long_attention_kernel("cpu", torch.bfloat16) == "blocked"
     assert timed == [torch.bfloat16]
+    assert kernel_choice.attention_kernel("cpu", torch.bfloat16, "few-keys") == "fused"
+    assert kernel_choice.kernel_choices() == {"cpu:bfloat16": "blocked",
+                                              "cpu:bfloat16:few-keys": "fused"}
     with pytest.raises(ValueError, match="unknown attention kernel"):
         kernels.set_kernel_choices({"cpu:float32": "magic"})
+    with pytest.raises(ValueError, match="unknown attention kind"):
+        kernel_choice.attention_kernel("cpu", torch.float32, "short")
 
 
-def test_timing_the_candidates_runs_each(kernels):
-    times = kernel_choice.time_kernels(torch.float32, repeats=1)
+@pytest.mark.parametrize("kind", kernel_choice.KINDS)
+def test_timing_the_candidates_runs_each(kernels, kind):
+    times = kernel_choice.time_kernels(torch.float32, repeats=1, kind=kind)
     assert set(times) == {"fused", "blocked"} and all(t > 0 for t in times.values())

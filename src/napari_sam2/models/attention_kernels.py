@@ -17,21 +17,23 @@ import torch
 import torch.nn.functional as F
 
 from .blocked_attention import chunked_attention
-from .kernel_choice import is_long, long_attention_kernel
+from .kernel_choice import attention_kernel, attention_kind
 
 __all__ = ["sdpa", "chunked_attention", "attend_then_project"]
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
-    """Attention, ``B×heads×N×d`` in and out. Long attention on the CPU uses the kernel
-    measured fastest on this machine (:mod:`~napari_sam2.models.kernel_choice`): torch's
-    fused kernel, :func:`chunked_attention`, or (for bfloat16) the fused kernel in float32.
-    Everything else, and any attention with dropout, uses torch's fused kernel."""
-    if dropout_p == 0.0 and q.device.type == "cpu" and is_long(q, k):
+    """Attention, ``B×heads×N×d`` in and out. Long attention and attention of many queries
+    to few keys use, on the CPU, the kernel measured fastest on this machine
+    (:mod:`~napari_sam2.models.kernel_choice`): torch's fused kernel,
+    :func:`chunked_attention`, or (for bfloat16) the fused kernel in float32. Everything
+    else, and any attention with dropout, uses torch's fused kernel."""
+    kind = attention_kind(q, k) if dropout_p == 0.0 and q.device.type == "cpu" else None
+    if kind is not None:
         dtype = q.dtype
         if torch.is_autocast_enabled("cpu") and dtype == torch.float32:
             dtype = torch.get_autocast_dtype("cpu")  # what the fused kernel would run in
-        kernel = long_attention_kernel("cpu", dtype)
+        kernel = attention_kernel("cpu", dtype, kind)
         if kernel == "blocked":
             with torch.autocast("cpu", enabled=False):
                 return chunked_attention(q.to(dtype), k.to(dtype), v.to(dtype))

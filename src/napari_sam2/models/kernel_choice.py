@@ -1,7 +1,9 @@
 """Which attention kernel is fastest on this machine, measured once per process.
 
-Long attention (Hiera's global blocks, memory attention: thousands of queries and keys) can
-run three ways on a CPU:
+Two kinds of attention on a CPU have a choice of kernel: long attention (Hiera's global
+blocks, memory attention: thousands of queries and keys) and attention of many queries to a
+few keys (the mask decoder's image-to-token attention: thousands of image tokens, a handful
+of prompt tokens). Each can run three ways:
 
 ``"fused"``
     torch's fused ``scaled_dot_product_attention`` in the inputs' dtype.
@@ -14,11 +16,11 @@ run three ways on a CPU:
     bfloat16).
 
 Which is fastest depends on the CPU (its bfloat16 units, caches, oneDNN's kernels) and the
-torch build, so nothing is hard-coded: the first long attention of each dtype times the
-candidates on a small representative problem (a few tens of milliseconds), and the fastest
-is used for the rest of the process. The result is also kept in the machine's measurement
-file (:mod:`~napari_sam2.models.precision_policy`) so later processes skip the timing.
-Tests inject choices with :func:`set_kernel_choices`.
+torch build, so nothing is hard-coded: the first attention of each kind and dtype times the
+candidates on a small representative problem of that kind (a few tens of milliseconds), and
+the fastest is used for the rest of the process. The result is also kept in the machine's
+measurement file (:mod:`~napari_sam2.models.precision_policy`) so later processes skip the
+timing. Tests inject choices with :func:`set_kernel_choices`.
 """
 
 from __future__ import annotations
@@ -36,8 +38,12 @@ from .blocked_attention import chunked_attention
 __all__ = [
     "LONG_KEYS",
     "LONG_QUERIES",
+    "FEW_KEYS",
     "KERNELS",
+    "KINDS",
     "is_long",
+    "attention_kind",
+    "attention_kernel",
     "long_attention_kernel",
     "kernel_choices",
     "set_kernel_choices",
@@ -50,7 +56,10 @@ LONG_KEYS = 1024
 """Keys from which attention counts as long (Hiera's windows have at most 196)."""
 LONG_QUERIES = 256
 """Queries from which attention counts as long (the mask decoder's few tokens never do)."""
+FEW_KEYS = 64
+"""Keys up to which attention of :data:`LONG_QUERIES` or more queries counts as few-keys."""
 KERNELS = ("fused", "blocked", "fused-fp32")
+KINDS = ("long", "few-keys")
 
 _lock = threading.Lock()
 _choices: dict[str, str] = {}
@@ -61,21 +70,38 @@ def is_long(q: torch.Tensor, k: torch.Tensor) -> bool:
     return q.shape[-2] >= LONG_QUERIES and k.shape[-2] >= LONG_KEYS
 
 
+def attention_kind(q: torch.Tensor, k: torch.Tensor) -> str | None:
+    """``"long"``, ``"few-keys"`` or ``None`` (no choice: torch's fused kernel) for
+    ``B×heads×Nq×d`` queries against ``B×heads×Nk×d`` keys."""
+    if is_long(q, k):
+        return "long"
+    if q.shape[-2] >= LONG_QUERIES and k.shape[-2] <= FEW_KEYS:
+        return "few-keys"
+    return None
+
+
 def _candidates(dtype: torch.dtype) -> tuple[str, ...]:
     return KERNELS if dtype == torch.bfloat16 else KERNELS[:2]
 
 
-def _key(device_type: str, dtype: torch.dtype) -> str:
-    return f"{device_type}:{str(dtype).removeprefix('torch.')}"
+def _key(device_type: str, dtype: torch.dtype, kind: str = "long") -> str:
+    key = f"{device_type}:{str(dtype).removeprefix('torch.')}"
+    return key if kind == "long" else f"{key}:{kind}"
 
 
-def time_kernels(dtype: torch.dtype, repeats: int = 3) -> dict[str, float]:
-    """Seconds per call of each candidate kernel on a ``1×2×1024×128`` by ``4096``-key problem
-    in ``dtype`` on the CPU (best of ``repeats`` after one warm-up)."""
+# Representative problems: (heads, queries, keys, channels per head).
+_PROBLEMS = {"long": (2, 1024, 4096, 128), "few-keys": (8, 4096, 8, 16)}
+
+
+def time_kernels(dtype: torch.dtype, repeats: int = 3, kind: str = "long") -> dict[str, float]:
+    """Seconds per call of each candidate kernel on a representative problem of ``kind`` in
+    ``dtype`` on the CPU (best of ``repeats`` after one warm-up): ``1×2×1024×128`` queries
+    by 4096 keys for long attention, ``1×8×4096×16`` by 8 keys for few keys."""
+    heads, nq, nk, d = _PROBLEMS[kind]
     gen = torch.Generator().manual_seed(0)
-    q = torch.randn(1, 2, 1024, 128, generator=gen).to(dtype)
-    k = torch.randn(1, 2, 4096, 128, generator=gen).to(dtype)
-    v = torch.randn(1, 2, 4096, 128, generator=gen).to(dtype)
+    q = torch.randn(1, heads, nq, d, generator=gen).to(dtype)
+    k = torch.randn(1, heads, nk, d, generator=gen).to(dtype)
+    v = torch.randn(1, heads, nk, d, generator=gen).to(dtype)
     runs: dict[str, Callable[[], torch.Tensor]] = {
         "fused": lambda: F.scaled_dot_product_attention(q, k, v),
         "blocked": lambda: chunked_attention(q, k, v),
@@ -95,15 +121,18 @@ def time_kernels(dtype: torch.dtype, repeats: int = 3) -> dict[str, float]:
     return times
 
 
-def long_attention_kernel(device_type: str, dtype: torch.dtype) -> str:
-    """The kernel (one of :data:`KERNELS`) long attention uses on ``device_type`` in ``dtype``.
+def attention_kernel(device_type: str, dtype: torch.dtype, kind: str = "long") -> str:
+    """The kernel (one of :data:`KERNELS`) attention of ``kind`` (one of :data:`KINDS`) uses
+    on ``device_type`` in ``dtype``.
 
     On CUDA and other accelerators this is always ``"fused"``. On the CPU it is measured at
     first use (or read from the machine's measurement file) and then kept for the process.
     """
     if device_type != "cpu" or dtype not in (torch.float32, torch.bfloat16):
         return "fused"
-    key = _key(device_type, dtype)
+    if kind not in KINDS:
+        raise ValueError(f"unknown attention kind {kind!r}; one of {KINDS}.")
+    key = _key(device_type, dtype, kind)
     with _lock:
         choice = _choices.get(key)
         if choice is None:
@@ -112,12 +141,17 @@ def long_attention_kernel(device_type: str, dtype: torch.dtype) -> str:
             record = machine_record()
             times = record.get(f"attention:{key}")
             if not isinstance(times, dict) or set(times) != set(_candidates(dtype)):
-                times = time_kernels(dtype)
+                times = time_kernels(dtype, kind=kind)
                 record.update({f"attention:{key}": times})
             choice = min(times, key=times.get)
-            log.debug("long attention in %s: %s (%s)", dtype, choice, times)
+            log.debug("%s attention in %s: %s (%s)", kind, dtype, choice, times)
             _choices[key] = choice
     return choice
+
+
+def long_attention_kernel(device_type: str, dtype: torch.dtype) -> str:
+    """:func:`attention_kernel` for long attention."""
+    return attention_kernel(device_type, dtype, "long")
 
 
 def kernel_choices() -> dict[str, str]:
