@@ -165,8 +165,13 @@ def test_attend_then_project_equals_projecting_first():
 
 def test_rope_attention_uses_late_values_only_where_it_pays(monkeypatch):
     torch.manual_seed(4)
+    from napari_sam2.models.kernel_choice import set_kernel_choices
+
     narrow = RoPEAttention(64, 1, kv_in_dim=16, rope_k_repeat=True, feat_sizes=(4, 4)).eval()
     wide = RoPEAttention(64, 1, rope_k_repeat=True, feat_sizes=(4, 4)).eval()
+    set_kernel_choices({"values:cpu:float32": "project-first"})  # as measured on some CPUs
+    assert not narrow._mix_before_value_projection(torch.zeros(1, 4, 16))
+    set_kernel_choices({"values:cpu:float32": "mix-first"})  # and on others
     assert narrow._mix_before_value_projection(torch.zeros(1, 4, 16))
     assert not wide._mix_before_value_projection(torch.zeros(1, 4, 64))
     q, mem = torch.randn(1, 16, 64), torch.randn(1, 2 * 16 + 4, 16)
@@ -175,6 +180,7 @@ def test_rope_attention_uses_late_values_only_where_it_pays(monkeypatch):
         monkeypatch.setattr(RoPEAttention, "_mix_before_value_projection", lambda self, v: False)
         early = narrow(q, mem, mem, num_k_exclude_rope=4)
     torch.testing.assert_close(late, early, rtol=1e-5, atol=1e-5)
+    set_kernel_choices(None)
 
 
 def test_models_built_under_inference_mode_work():

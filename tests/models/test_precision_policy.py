@@ -234,6 +234,26 @@ def test_kernel_choice_is_measured_once_and_kept(kernels, monkeypatch, tmp_path)
         kernel_choice.attention_kernel("cpu", torch.float32, "short")
 
 
+def test_value_order_is_measured_once_and_kept(kernels, monkeypatch, tmp_path):
+    monkeypatch.setenv("NAPARI_SAM2_CACHE", str(tmp_path))
+    monkeypatch.setattr(precision_policy, "_record", None)
+    timed = []
+    monkeypatch.setattr(kernel_choice, "time_value_orders",
+                        lambda dtype: timed.append(dtype) or {"mix-first": 2.0,
+                                                              "project-first": 1.0})
+    assert kernel_choice.value_order("cpu", torch.float32) == "project-first"
+    assert kernel_choice.value_order("cpu", torch.float32) == "project-first"
+    assert kernel_choice.value_order("cuda", torch.float32) == "project-first"
+    assert timed == [torch.float32]
+    with pytest.raises(ValueError, match="unknown attention kernel"):
+        kernels.set_kernel_choices({"values:cpu:float32": "blocked"})
+
+
+def test_timing_the_value_orders_runs_both():
+    times = kernel_choice.time_value_orders(torch.float32, repeats=1)
+    assert set(times) == set(kernel_choice.VALUE_ORDERS) and all(t > 0 for t in times.values())
+
+
 @pytest.mark.parametrize("kind", kernel_choice.KINDS)
 def test_timing_the_candidates_runs_each(kernels, kind):
     times = kernel_choice.time_kernels(torch.float32, repeats=1, kind=kind)

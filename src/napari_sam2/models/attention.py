@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .attention_kernels import attend_then_project, sdpa
+from .kernel_choice import value_order
 from .position_encoding import apply_rope, axial_rope_tables
 
 __all__ = ["Attention", "RoPEAttention"]
@@ -157,9 +158,17 @@ class RoPEAttention(Attention):
     def _mix_before_value_projection(self, v: torch.Tensor) -> bool:
         """Whether to weight the narrow value tokens first and project them afterwards (see
         :mod:`~napari_sam2.models.attention_kernels`): on the CPU, in eval mode, when the
-        tokens are narrower than a head (memory attention's 64-channel memories)."""
-        return (
+        tokens are narrower than a head (memory attention's 64-channel memories), and where
+        that measures faster than projecting first
+        (:func:`~napari_sam2.models.kernel_choice.value_order`)."""
+        if not (
             v.device.type == "cpu"
             and not (self.training and self.dropout_p > 0)
             and self.kv_in_dim < self._head_dim
-        )
+        ):
+            return False
+        if torch.is_autocast_enabled("cpu"):
+            dtype = torch.get_autocast_dtype("cpu")
+        else:
+            dtype = self.q_proj.weight.dtype
+        return value_order("cpu", dtype) == "mix-first"

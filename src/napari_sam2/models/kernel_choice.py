@@ -15,6 +15,12 @@ of prompt tokens). Each can run three ways:
     bfloat16 inputs attended by the fused kernel in float32 and cast back (only offered for
     bfloat16).
 
+Memory attention's values are 64-channel memory tokens projected to 256 channels; the
+weighted sum can be taken before or after that projection (see
+:mod:`~napari_sam2.models.attention_kernels`). Mixing first does a quarter of the work of
+the second product but needs the blocked kernel; projecting first can use the fused one.
+:func:`value_order` is measured the same way.
+
 Which is fastest depends on the CPU (its bfloat16 units, caches, oneDNN's kernels) and the
 torch build, so nothing is hard-coded: the first attention of each kind and dtype times the
 candidates on a small representative problem of that kind (a few tens of milliseconds), and
@@ -45,6 +51,9 @@ __all__ = [
     "attention_kind",
     "attention_kernel",
     "long_attention_kernel",
+    "VALUE_ORDERS",
+    "value_order",
+    "time_value_orders",
     "kernel_choices",
     "set_kernel_choices",
     "time_kernels",
@@ -60,6 +69,7 @@ FEW_KEYS = 64
 """Keys up to which attention of :data:`LONG_QUERIES` or more queries counts as few-keys."""
 KERNELS = ("fused", "blocked", "fused-fp32")
 KINDS = ("long", "few-keys")
+VALUE_ORDERS = ("mix-first", "project-first")
 
 _lock = threading.Lock()
 _choices: dict[str, str] = {}
@@ -107,18 +117,7 @@ def time_kernels(dtype: torch.dtype, repeats: int = 3, kind: str = "long") -> di
         "blocked": lambda: chunked_attention(q, k, v),
         "fused-fp32": lambda: F.scaled_dot_product_attention(q.float(), k.float(), v.float()),
     }
-    times: dict[str, float] = {}
-    with torch.inference_mode(), torch.autocast("cpu", enabled=False):
-        for name in _candidates(dtype):
-            run = runs[name]
-            run()
-            best = float("inf")
-            for _ in range(repeats):
-                start = time.perf_counter()
-                run()
-                best = min(best, time.perf_counter() - start)
-            times[name] = best
-    return times
+    return _best_times(runs, _candidates(dtype), repeats)
 
 
 def attention_kernel(device_type: str, dtype: torch.dtype, kind: str = "long") -> str:
@@ -154,6 +153,64 @@ def long_attention_kernel(device_type: str, dtype: torch.dtype) -> str:
     return attention_kernel(device_type, dtype, "long")
 
 
+def time_value_orders(dtype: torch.dtype, repeats: int = 3) -> dict[str, float]:
+    """Seconds per call of memory-attention cross-attention (``1×1×1024×256`` queries, 4096
+    keys, 64-channel value tokens projected to 256) with the weighted sum taken before or
+    after the value projection, in ``dtype`` on the CPU (best of ``repeats``)."""
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 1, 1024, 256, generator=gen).to(dtype)
+    k = torch.randn(1, 1, 4096, 256, generator=gen).to(dtype)
+    tokens = torch.randn(1, 1, 4096, 64, generator=gen).to(dtype)
+    weight = torch.randn(256, 64, generator=gen).to(dtype)
+    bias = torch.randn(256, generator=gen).to(dtype)
+    runs: dict[str, Callable[[], torch.Tensor]] = {
+        "mix-first": lambda: F.linear(chunked_attention(q, k, tokens), weight, bias),
+        "project-first": lambda: F.scaled_dot_product_attention(
+            q, k, F.linear(tokens, weight, bias)),
+    }
+    return _best_times(runs, VALUE_ORDERS, repeats)
+
+
+def value_order(device_type: str, dtype: torch.dtype) -> str:
+    """``"mix-first"`` or ``"project-first"`` for memory attention's narrow values on
+    ``device_type`` in ``dtype`` (measured on the CPU, as :func:`attention_kernel`;
+    ``"project-first"`` elsewhere)."""
+    if device_type != "cpu" or dtype not in (torch.float32, torch.bfloat16):
+        return "project-first"
+    key = f"values:{_key(device_type, dtype)}"
+    with _lock:
+        choice = _choices.get(key)
+        if choice is None:
+            from .precision_policy import machine_record
+
+            record = machine_record()
+            times = record.get(key)
+            if not isinstance(times, dict) or set(times) != set(VALUE_ORDERS):
+                times = time_value_orders(dtype)
+                record.update({key: times})
+            choice = min(times, key=times.get)
+            log.debug("memory-attention values in %s: %s (%s)", dtype, choice, times)
+            _choices[key] = choice
+    return choice
+
+
+def _best_times(
+    runs: dict[str, Callable[[], torch.Tensor]], names: tuple[str, ...], repeats: int
+) -> dict[str, float]:
+    times: dict[str, float] = {}
+    with torch.inference_mode(), torch.autocast("cpu", enabled=False):
+        for name in names:
+            run = runs[name]
+            run()
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                run()
+                best = min(best, time.perf_counter() - start)
+            times[name] = best
+    return times
+
+
 def kernel_choices() -> dict[str, str]:
     """The choices made so far in this process, ``{"cpu:bfloat16": "blocked", ...}``."""
     with _lock:
@@ -165,6 +222,7 @@ def set_kernel_choices(choices: dict[str, str] | None) -> None:
     with _lock:
         _choices.clear()
         for key, value in (choices or {}).items():
-            if value not in KERNELS:
-                raise ValueError(f"unknown attention kernel {value!r}; one of {KERNELS}.")
+            allowed = VALUE_ORDERS if key.startswith("values:") else KERNELS
+            if value not in allowed:
+                raise ValueError(f"unknown attention kernel {value!r}; one of {allowed}.")
             _choices[key] = value
