@@ -212,7 +212,7 @@ def test_kernel_choice_is_measured_once_and_kept(kernels, monkeypatch, tmp_path)
     def fake_times(dtype, repeats=3, kind="long"):
         timed.append(dtype)
         if kind == "few-keys":
-            return {"fused": 1.0, "blocked": 2.0, "fused-fp32": 3.0}
+            return {"fused": 1.0, "fused-fp32": 3.0}
         return {"fused": 3.0, "blocked": 1.0, "fused-fp32": 2.0}
 
     monkeypatch.setattr(kernel_choice, "time_kernels", fake_times)
@@ -258,3 +258,7 @@ def test_timing_the_value_orders_runs_both():
 def test_timing_the_candidates_runs_each(kernels, kind):
     times = kernel_choice.time_kernels(torch.float32, repeats=1, kind=kind)
     assert set(times) == {"fused", "blocked"} and all(t > 0 for t in times.values())
+    bf16 = kernel_choice.time_kernels(torch.bfloat16, repeats=1, kind=kind)
+    # With few keys, bfloat16 scores must stay in float32: no blocked kernel then.
+    assert set(bf16) == ({"fused", "blocked", "fused-fp32"} if kind == "long"
+                         else {"fused", "fused-fp32"})
