@@ -21,6 +21,20 @@ def pytest_configure(config: pytest.Config) -> None:
         ) from None
 
 
+def realistic_weights(model) -> None:
+    """Objects present (presence bias +10) and logits of a trained model's size (the mask
+    hypernetworks' last layers ×20), in place: applied to both sides of a comparison, so that
+    it proves something (raw random weights give logits of about ±0.5, or no object)."""
+    import torch
+
+    decoder = model.sam_mask_decoder
+    with torch.no_grad():
+        decoder.pred_obj_score_head.layers[-1].bias += 10.0
+        for mlp in decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight *= 20.0
+            mlp.layers[-1].bias *= 20.0
+
+
 def reference_config_name(config: str) -> str:
     """Our config name (``sam2.1_hiera_t``) as the reference spells it."""
     folder = "sam2.1" if config.startswith("sam2.1") else "sam2"

@@ -33,7 +33,7 @@ from napari_sam2.core.video.predictor import SAM2VideoPredictor
 from napari_sam2.models.checkpoints import load_model
 from napari_sam2.models.precision import set_precision
 
-from ..conftest import reference_config_name
+from ..conftest import realistic_weights, reference_config_name
 from .video.test_predictor import click, make_frames, ref_init_state
 
 CONFIG, SIZE = "sam2.1_hiera_t", 256
@@ -41,16 +41,6 @@ SLACK = 0.0005  # 0.05 percentage points
 MIN_AGREEMENT = 0.995
 MODES = ("auto", "bf16")
 FEAT_SIZES = [(SIZE // 4,) * 2, (SIZE // 8,) * 2, (SIZE // 16,) * 2]
-
-
-def _realistic(model: torch.nn.Module) -> None:
-    """Trained-size logits and present objects (see the module docstring)."""
-    decoder = model.sam_mask_decoder
-    with torch.no_grad():
-        decoder.pred_obj_score_head.layers[-1].bias += 10.0
-        for mlp in decoder.output_hypernetworks_mlps:
-            mlp.layers[-1].weight *= 20.0
-            mlp.layers[-1].bias *= 20.0
 
 
 @contextlib.contextmanager
@@ -96,7 +86,7 @@ def image_pair(official_checkpoint, reference_model):
     """(reference image model, ours) with the same realistic weights."""
     ref = reference_model(CONFIG, SIZE, 0)
     state = {k: v.clone() for k, v in ref.state_dict().items()}
-    _realistic(ref)
+    realistic_weights(ref)
     ours = load_model(official_checkpoint(CONFIG, SIZE), config=CONFIG, device="cpu",
                       image_size=SIZE)
     ours.load_state_dict(ref.state_dict())
@@ -225,7 +215,7 @@ def video_pair(official_checkpoint):
         hydra_overrides_extra=[f"++model.image_size={SIZE}"],
     ).eval()
     ref.fill_hole_area = 0
-    _realistic(ref)
+    realistic_weights(ref)
     ours = load_model(path, config=CONFIG, device="cpu", image_size=SIZE, video=True)
     ours.load_state_dict(ref.state_dict())
     return ref, SAM2VideoPredictor(ours, fill_hole_area=0)

@@ -29,7 +29,7 @@ from napari_sam2.core.stacks.model_input import (
 from napari_sam2.core.video.predictor import SAM2VideoPredictor
 from napari_sam2.models.checkpoints import load_model
 
-from ...conftest import reference_config_name
+from ...conftest import realistic_weights, reference_config_name
 
 svp = pytest.importorskip("sam2.sam2_video_predictor")
 build_sam = pytest.importorskip("sam2.build_sam")
@@ -38,16 +38,6 @@ misc = pytest.importorskip("sam2.utils.misc")
 TOL = 1e-3  # logits
 CONFIG = "sam2.1_hiera_t"
 MAX_DIFFS: dict[str, float] = {}
-
-
-def realistic(model: torch.nn.Module) -> None:
-    """Objects present and logits of a trained model's size (in place, same for both sides)."""
-    decoder = model.sam_mask_decoder
-    with torch.no_grad():
-        decoder.pred_obj_score_head.layers[-1].bias += 10.0
-        for mlp in decoder.output_hypernetworks_mlps:
-            mlp.layers[-1].weight *= 20.0
-            mlp.layers[-1].bias *= 20.0
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +57,8 @@ def pair(official_checkpoint):
                 path, config=CONFIG, device="cpu", image_size=image_size, video=True,
                 precision="fast",
             )
-            realistic(ref)
-            realistic(model)
+            realistic_weights(ref)
+            realistic_weights(model)
             made[image_size] = (ref.eval(), SAM2VideoPredictor(model, fill_hole_area=0))
         return made[image_size]
 
