@@ -303,4 +303,5 @@ def load_model(
         precision="fp32",
     )
     load_state_dict_strict(model, state_dict, str(config))
+    model.checkpoint_name = key if key in REGISTRY else Path(name_or_path).name  # for display
     return set_precision(model.to(dev), precision)  # "auto" is decided for the device

@@ -47,6 +47,15 @@ class ImageEncoder(nn.Module):
             "backbone_fpn": features,
         }
 
+    def positions(
+        self, sizes: Sequence[tuple[int, int]], dtypes: Sequence[torch.dtype],
+        device: torch.device, batch: int = 1,
+    ) -> list[torch.Tensor]:
+        """The ``vision_pos_enc`` that :meth:`forward` returns for feature maps of these
+        ``(H_i, W_i)`` sizes whose neck outputs had these dtypes (``batch×d_model×H_i×W_i``
+        each, broadcast views): features read back from a store need no encoder run."""
+        return self.neck.positions(sizes, dtypes, device, batch)
+
 
 def _encode_positions(encoding: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Position encoding of ``x``'s grid with ``x``'s rounding (float32 when it can be)."""
@@ -134,3 +143,16 @@ class FpnNeck(nn.Module):
             out[i] = prev
             pos[i] = _encode_positions(self.position_encoding, prev)
         return out, pos
+
+    def positions(
+        self, sizes: Sequence[tuple[int, int]], dtypes: Sequence[torch.dtype],
+        device: torch.device, batch: int = 1,
+    ) -> list[torch.Tensor]:
+        """Position encodings of ``batch×d_model×H×W`` maps of the given sizes and dtypes, as
+        :meth:`forward` computes them (the encoding reads only a map's shape, dtype and
+        device, so no map is allocated)."""
+        out = []
+        for (h, w), dtype in zip(sizes, dtypes):
+            like = torch.empty((), dtype=dtype, device=device).expand(batch, self.d_model, h, w)
+            out.append(_encode_positions(self.position_encoding, like))
+        return out

@@ -144,8 +144,10 @@ class FrameSource:
             )
         if isinstance(data, FrameSource):
             raise TypeError("data is already a FrameSource; use open_frames(source) to pass it on")
+        self._path: str | None = None
         if isinstance(data, (str, os.PathLike)):
             self._name = os.fspath(data)
+            self._path = os.path.abspath(os.path.expanduser(self._name))
             data, self._close_fn = open_path(data)
         else:
             data = _as_array_like(data)
@@ -211,6 +213,11 @@ class FrameSource:
         return self._layout.frame_shape
 
     @property
+    def raw_frame_shape(self) -> tuple[int, ...]:
+        """Shape of one frame as :meth:`read_raw` returns it (``H×W``, or with channels)."""
+        return tuple(self._layout.raw_frame_shape)
+
+    @property
     def normalization(self) -> Normalization:
         """The resolved :class:`Normalization` (numeric limits recorded) used for every frame;
         pass it as ``normalization=`` to reproduce the same frames later."""
@@ -244,6 +251,16 @@ class FrameSource:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def name(self) -> str:
+        """What the frames come from: the path, or a description of the array."""
+        return self._name
+
+    @property
+    def path(self) -> str | None:
+        """Absolute path of the file or folder the frames were opened from, or ``None``."""
+        return self._path
+
     # -- reading ------------------------------------------------------------------------
     def _check_index(self, index: Any) -> int:
         if self._closed:
@@ -268,7 +285,11 @@ class FrameSource:
         Raises ``IndexError`` outside ``[0, num_frames)`` and :class:`FrameReadError` when the
         underlying source fails.
         """
-        raw = self.read_raw(index)
+        return self.normalize(self.read_raw(index))
+
+    def normalize(self, raw: np.ndarray) -> np.ndarray:
+        """A raw frame (as :meth:`read_raw` returns it) mapped as :meth:`read` maps it; never
+        shares memory with ``raw`` unless ``raw`` owns its data."""
         out = _apply(self._normalization, raw, "frame")
         if out is raw and not out.flags.owndata:
             out = out.copy()

@@ -1,5 +1,5 @@
 """A frame's path to the model: source -> normalisation -> model input -> image encoder ->
-feature cache.
+feature cache, with the stack's embedding store behind the cache.
 
 :class:`FrameEncoder` reads a frame from a state's
 :class:`~napari_sam2.core.stacks.source.FrameSource` only when its features are needed,
@@ -7,7 +7,10 @@ converts it with :func:`~napari_sam2.core.stacks.model_input.video_frame_to_tens
 resize to ``image_size × image_size`` as SAM 2's video frame loader, ``uint8`` frames as 8-bit
 images -> ImageNet mean/std), runs the image encoder on it and keeps the result in the state's
 :class:`~napari_sam2.core.video.feature_cache.FeatureCache`, sized by a memory budget unless
-its size is fixed.
+its size is fixed. Between the two sits the state's embedding store
+(:mod:`napari_sam2.core.store`), if it has one: features are taken from RAM first, then from
+disk (when stored for the same raw frame), and only then computed, and computed features are
+written to the store.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 
 from ..stacks.model_input import check_image, video_frame_to_tensor
 from ..stacks.source import frame_read_lock
+from ..store.signature import frame_signature
 from .feature_cache import FeatureCache
 
 if TYPE_CHECKING:
@@ -73,17 +77,29 @@ class FrameEncoder:
         Thread-safe: reads of one frame source are serialised (see
         :func:`~napari_sam2.core.stacks.source.frame_read_lock`), and if another thread (the
         background pre-encoder) is encoding this frame now, this waits for its result instead
-        of encoding the frame a second time.
+        of encoding the frame a second time. With a store, the frame's raw pixels are read
+        and signed either way; its features come from disk when stored for that signature.
         """
 
         def compute() -> FrameFeatures:
             with frame_read_lock(state.frames):
-                frame = state.frames.read(frame_idx)
-            image = check_image(frame, f"frame {frame_idx}")
+                raw = state.frames.read_raw(frame_idx)
+            store = state.store
+            signature = frame_signature(raw) if store is not None else ""
+            if store is not None:
+                loaded = store.load(frame_idx, signature, state.device)
+                if loaded is not None:
+                    feats = FrameFeatures(tuple(loaded[0]), tuple(loaded[1]))
+                    self._size_cache(state, feats)
+                    return feats
+            image = check_image(state.frames.normalize(raw), f"frame {frame_idx}")
             dtype = next(self.model.parameters()).dtype
             x = video_frame_to_tensor(image, self.model.image_size, state.device)[None].to(dtype)
             out = self.model.forward_image(x)
             feats = FrameFeatures(tuple(out["backbone_fpn"]), tuple(out["vision_pos_enc"]))
+            if store is not None:
+                store.save(frame_idx, signature, list(feats.backbone_fpn),
+                           list(feats.vision_pos_enc))
             self._size_cache(state, feats)
             return feats
 

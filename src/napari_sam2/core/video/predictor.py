@@ -13,6 +13,9 @@ with the same arguments and return shapes, and gives the same numbers. Differenc
 * per-frame results live in a :class:`~napari_sam2.core.video.results.ResultStore`: bounded RAM
   whatever the stack length, the rest spilled to a temporary directory that is deleted by
   ``reset_state`` / ``state.close()`` (or when the state is collected);
+* image features are kept in an embedding store on disk behind the RAM cache (``store=``;
+  by default in the user cache, see :mod:`napari_sam2.core.store`), so a stack encoded once
+  is not encoded again in a later session;
 * the state is a typed :class:`~napari_sam2.core.video.state.VideoInferenceState`;
 * :meth:`SAM2VideoPredictor.propagate` follows forward, backward or both ways within a range;
 * bad input raises ``ValueError`` / ``IndexError`` / ``KeyError`` naming the argument, before
@@ -44,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..stacks.source import open_frames
+from ..store.stack_store import StoreSpec, check_store_spec, open_stack_store
 from .engine import Output, TrackingEngine
 from .frame_encoder import FrameEncoder
 from .prompts import (
@@ -61,6 +65,8 @@ if TYPE_CHECKING:
     from ...models.sam2 import SAM2Base
 
 __all__ = ["SAM2VideoPredictor", "UnknownObjectError", "VideoInferenceState"]
+
+_PREDICTOR_STORE = object()  # init_state's default: the predictor's own store setting
 
 
 class UnknownObjectError(KeyError, RuntimeError):
@@ -99,6 +105,10 @@ class SAM2VideoPredictor:
             number of past frames the model reads, plus one.
         spill_dir: where the temporary directory of spilled results is created (default:
             the system's temporary directory).
+        store: where each stack's image features are kept on disk: ``None`` (default) in the
+            user cache (``$NAPARI_SAM2_CACHE/embeddings``, a 20 GB budget), ``False`` nowhere,
+            a path for that one store (then use this predictor for one stack, or pass
+            ``store=`` to :meth:`init_state` per stack).
     """
 
     def __init__(
@@ -113,6 +123,7 @@ class SAM2VideoPredictor:
         feature_cache_mib: float = 512,
         ram_window: int | None = None,
         spill_dir: str | os.PathLike | None = None,
+        store: StoreSpec = None,
     ) -> None:
         if not hasattr(model, "track_step"):
             raise TypeError(
@@ -135,6 +146,8 @@ class SAM2VideoPredictor:
             )
         self.ram_window = ram_window
         self.spill_dir = spill_dir
+        check_store_spec(store)
+        self.store = store
         ResultStore(1, ram_window)  # validates ram_window
 
     @classmethod
@@ -216,6 +229,7 @@ class SAM2VideoPredictor:
         async_loading_frames: bool = False,
         *,
         video_path: Any = None,
+        store: StoreSpec = _PREDICTOR_STORE,
         **frame_kwargs: Any,
     ) -> VideoInferenceState:
         """Open a stack for tracking.
@@ -226,13 +240,24 @@ class SAM2VideoPredictor:
             offload_video_to_cpu, async_loading_frames: accepted for compatibility; frames are
                 always read lazily, one at a time.
             offload_state_to_cpu: keep results in CPU RAM rather than on the model's device.
+            store: this stack's embedding store (``None`` the default location, ``False``
+                none, a path); default: the predictor's ``store``. A path holding something
+                else than a store raises :class:`~napari_sam2.core.store.StoreError`.
             frame_kwargs: passed to ``open_frames`` (``frame_axis``, ``channel_axis``,
                 ``position``, ``normalization``, ``contrast_limits``, ...).
         """
         if (video_path_or_frames is None) == (video_path is None):
             raise ValueError("Pass the stack once, as video_path_or_frames (or video_path).")
         source = video_path_or_frames if video_path is None else video_path
+        store = self.store if store is _PREDICTOR_STORE else store
+        check_store_spec(store)
         frames = open_frames(source, **frame_kwargs)
+        try:
+            feature_store = open_stack_store(store, self.model, frames)
+        except BaseException:
+            if frames is not source:
+                frames.close()
+            raise
         device = self.model.device
         storage = torch.device("cpu") if offload_state_to_cpu else device
         return VideoInferenceState(
@@ -242,6 +267,7 @@ class SAM2VideoPredictor:
             storage_device=storage,
             feature_cache=self.encoder.new_cache(),
             results=ResultStore(frames.num_frames, self.ram_window, storage, self.spill_dir),
+            store=feature_store,
         )
 
     def reset_state(self, inference_state: VideoInferenceState) -> None:

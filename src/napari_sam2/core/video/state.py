@@ -26,6 +26,7 @@ from .frame_output import FrameOutput
 
 if TYPE_CHECKING:
     from ..stacks.source import FrameSource
+    from ..store.stack_store import FeatureStore
     from .feature_cache import FeatureCache
     from .results import ResultStore
 
@@ -93,6 +94,7 @@ class VideoInferenceState:
         storage_device: where results in RAM are kept (CPU with ``offload_state_to_cpu``).
         feature_cache: image-encoder features of recently used frames.
         results: per-object, per-frame results (bounded in RAM, spilled to disk).
+        store: the stack's embedding store behind the feature cache, or ``None``.
         objects: ``obj_id -> ObjectState`` in the order the objects were added.
     """
 
@@ -102,6 +104,7 @@ class VideoInferenceState:
     storage_device: torch.device
     feature_cache: FeatureCache
     results: ResultStore
+    store: FeatureStore | None = None
     objects: OrderedDict[Hashable, ObjectState] = field(default_factory=OrderedDict)
     next_object_key: int = 0
     closed: bool = False
