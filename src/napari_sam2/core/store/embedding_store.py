@@ -282,7 +282,7 @@ class EmbeddingStore:
             group = zarr.open_group(str(self.variant), mode="r" if self.read_only else "r+")
             arrays = [group[f"level_{i}"] for i in range(len(levels))]
             signatures = group["signature"]
-        except Exception as err:  # missing or unreadable arrays: nothing to read yet
+        except Exception as err:  # noqa: BLE001 - missing or unreadable arrays: none yet
             logger.debug("store %s not readable yet: %s", self.variant, err)
             return
         self._group, self._level_meta = group, levels
@@ -351,7 +351,7 @@ class EmbeddingStore:
             arrays = [level[index] for level in self._levels]
             if not np.array_equal(self._signatures[index], words):  # rewritten meanwhile
                 return None
-        except Exception as err:  # a damaged or vanished chunk is only a miss
+        except Exception as err:  # noqa: BLE001 - a damaged or vanished chunk is a miss
             logger.warning("stored features of frame %d unreadable (%s); recomputing", index, err)
             return None
         dev = torch.device(device)
@@ -393,7 +393,7 @@ class EmbeddingStore:
                 self._signatures[index] = words
         except StoreError:
             raise
-        except Exception as err:  # disk full, permissions, lock timeout, vanished folder
+        except Exception as err:  # noqa: BLE001 - disk full, permissions, lock timeout
             self._write_failed = True
             warnings.warn(
                 f"Could not write embeddings to {self.path} ({type(err).__name__}: {err}); "
@@ -413,7 +413,7 @@ class EmbeddingStore:
             return np.zeros(self.key.num_frames, dtype=bool)
         try:
             words = self._signatures[:]
-        except Exception:
+        except Exception:  # noqa: BLE001 - damaged signatures: count nothing
             return np.zeros(self.key.num_frames, dtype=bool)
         return words.any(axis=1)
 

@@ -155,7 +155,7 @@ def _remove(entry: StoredFeatures) -> bool:
     try:
         with lock_for(entry.folder).acquire(timeout=0):
             shutil.rmtree(entry.folder)
-    except Exception:  # busy (another process writes it) or not removable
+    except Exception:  # noqa: BLE001 - busy (being written) or not removable
         return False
     try:
         if not any(c.is_dir() for c in entry.store.iterdir()):
