@@ -21,6 +21,15 @@ def pytest_configure(config: pytest.Config) -> None:
         ) from None
 
 
+@pytest.fixture(autouse=True)
+def _embedding_stores(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Each test's default embedding stores in a folder of its own (never the user's cache,
+    and never features another test stored)."""
+    folder = tmp_path_factory.mktemp("embeddings")
+    monkeypatch.setenv("NAPARI_SAM2_EMBEDDINGS", str(folder))
+    return folder
+
+
 def realistic_weights(model) -> None:
     """Objects present (presence bias +10) and logits of a trained model's size (the mask
     hypernetworks' last layers ×20), in place: applied to both sides of a comparison, so that

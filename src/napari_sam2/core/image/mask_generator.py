@@ -90,6 +90,9 @@ class SAM2AutomaticMaskGenerator:
         output_mode: ``"binary_mask"`` (H×W bool), ``"uncompressed_rle"`` or ``"coco_rle"``.
         use_m2m: refine each mask once with its own low-resolution logits as mask prompt.
         multimask_output: three masks per point (else one).
+        store: where the image's (and each crop's) features are kept on disk, as for
+            :class:`~napari_sam2.core.image.predictor.SAM2ImagePredictor`: ``None`` the user
+            cache, ``False`` nowhere, a path.
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class SAM2AutomaticMaskGenerator:
         output_mode: str = "binary_mask",
         use_m2m: bool = False,
         multimask_output: bool = True,
+        store: Any = None,
         **kwargs: Any,
     ) -> None:
         unknown = sorted(set(kwargs) - _IGNORED_KWARGS)
@@ -158,7 +162,7 @@ class SAM2AutomaticMaskGenerator:
         self.output_mode = output_mode
         self.use_m2m = bool(use_m2m)
         self.multimask_output = bool(multimask_output)
-        self.predictor = SAM2ImagePredictor(model)
+        self.predictor = SAM2ImagePredictor(model, store=store)
 
     @classmethod
     def from_pretrained(

@@ -12,6 +12,9 @@ for it run unchanged; in addition
 * hole filling / speck removal (``max_hole_area`` / ``max_sprinkle_area``) runs everywhere,
   CPU included, instead of being skipped without SAM 2's CUDA extension;
 * any ``model.image_size`` works (feature sizes are read from the backbone);
+* an image's features are kept in an embedding store on disk (``store=``, by default in the
+  user cache), so setting the same image again, in this session or a later one, does not
+  run the image encoder;
 * :meth:`predict` after :meth:`set_image_batch` (and :meth:`predict_batch` after
   :meth:`set_image`) raise instead of silently using the last image.
 """
@@ -28,6 +31,7 @@ import torch
 
 from ..stacks.model_input import check_image
 from ..stacks.normalization import Normalization, normalize_image
+from ..store.stack_store import StoreSpec, check_store_spec, open_image_store
 from .embedding import ImageEmbedding, embed_images
 from .prompts import Prompts
 from .transforms import ImageTransforms
@@ -51,6 +55,9 @@ class SAM2ImagePredictor:
             low-resolution (``image_size / 4``) mask before upsampling; 0 disables.
         max_sprinkle_area: remove foreground specks of at most this many low-resolution
             pixels; 0 disables.
+        store: where image features are kept on disk: ``None`` (default) one store per image
+            in the user cache, ``False`` nowhere, a path for one store (then set only one
+            image with this predictor).
     """
 
     def __init__(
@@ -59,6 +66,7 @@ class SAM2ImagePredictor:
         mask_threshold: float = 0.0,
         max_hole_area: float = 0.0,
         max_sprinkle_area: float = 0.0,
+        store: StoreSpec = None,
     ) -> None:
         if not math.isfinite(mask_threshold):
             raise ValueError(f"mask_threshold must be a finite number, got {mask_threshold}.")
@@ -66,6 +74,8 @@ class SAM2ImagePredictor:
         for name, value in areas.items():
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
+        check_store_spec(store)
+        self.store = store
         self.model = sam_model
         self._transforms = ImageTransforms(
             sam_model.image_size, mask_threshold, max_hole_area, max_sprinkle_area
@@ -171,7 +181,8 @@ class SAM2ImagePredictor:
         """
         image, self.normalization = _prepare_image(image, "image", normalization)
         self.reset_predictor()
-        self._state = embed_images(self.model, [image], is_batch=False)
+        stores = [open_image_store(self.store, self.model, image, self.normalization)]
+        self._state = embed_images(self.model, [image], is_batch=False, stores=stores)
 
     @torch.no_grad()
     def set_image_batch(
@@ -195,7 +206,10 @@ class SAM2ImagePredictor:
         ]
         self.reset_predictor()
         self.normalization = prepared[0][1] if len(prepared) == 1 else None
-        self._state = embed_images(self.model, [im for im, _ in prepared], is_batch=True)
+        stores = [open_image_store(self.store, self.model, im, used) for im, used in prepared]
+        self._state = embed_images(
+            self.model, [im for im, _ in prepared], is_batch=True, stores=stores
+        )
 
     def get_image_embedding(self) -> torch.Tensor:
         """The ``B×C×h×w`` image embedding (``B = 1`` after :meth:`set_image`)."""

@@ -88,11 +88,19 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
-def _to_torch(a: np.ndarray, dtype: str, device: torch.device) -> torch.Tensor:
+def _restore(a: np.ndarray, meta: dict[str, Any], device: torch.device) -> torch.Tensor:
+    """A stored ``C×H×W`` map as the ``1×C×H×W`` tensor the encoder gave, in its dtype and
+    memory layout (e.g. channels-last): some kernels round differently by layout, and a
+    stored frame must give exactly the masks of a computed one."""
     t = torch.from_numpy(np.ascontiguousarray(a))
-    if dtype == "bfloat16":
+    if meta["dtype"] == "bfloat16":
         t = t.view(torch.int16).view(torch.bfloat16)
-    return t.to(device)
+    t = t[None]
+    strides = meta.get("strides")
+    if strides is None or tuple(strides) == t.stride():
+        return t.to(device)
+    out = torch.empty_strided(t.shape, tuple(strides), dtype=t.dtype, device=device)
+    return out.copy_(t)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -306,7 +314,10 @@ class EmbeddingStore:
                 dtype="uint16" if dtype == "bfloat16" else dtype,
                 compressors=self._compressors, fill_value=0, overwrite=True,
             )
-            meta.append({"dtype": dtype, "positions": pos, "shape": list(shape)})
+            meta.append({
+                "dtype": dtype, "positions": pos, "shape": list(shape),
+                "strides": [int(x) for x in t.stride()],  # the layout it is given back in
+            })
         group.create_array(
             "signature", shape=(n, 2), chunks=(1, 2), dtype="uint64", compressors=(),
             fill_value=0, overwrite=True, config={"write_empty_chunks": False},
@@ -331,7 +342,8 @@ class EmbeddingStore:
     @property
     def levels(self) -> list[dict[str, Any]]:
         """Per stored level: ``{"dtype", "positions" (dtype of its position encoding),
-        "shape" (C, H, W)}``; empty until a first frame was written."""
+        "shape" (C, H, W), "strides" (of the 1×C×H×W tensor)}``; empty until a first frame
+        was written."""
         self._open_variant()
         return [dict(m) for m in self._level_meta]
 
@@ -355,9 +367,7 @@ class EmbeddingStore:
             logger.warning("stored features of frame %d unreadable (%s); recomputing", index, err)
             return None
         dev = torch.device(device)
-        out = [
-            _to_torch(a, m["dtype"], dev)[None] for a, m in zip(arrays, self._level_meta)
-        ]
+        out = [_restore(a, m, dev) for a, m in zip(arrays, self._level_meta)]
         self.reads += 1
         self.touch()
         return out
