@@ -30,7 +30,7 @@ def predictor() -> SAM2VideoPredictor:
     model = build_model("sam2.1_hiera_t", image_size=256, video=True)
     with torch.no_grad():
         model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += 10.0
-    return SAM2VideoPredictor(model)
+    return SAM2VideoPredictor(model, store=False)  # encoder calls counted: RAM only
 
 
 @pytest.fixture

@@ -340,7 +340,7 @@ def test_frames_encoded_once_and_reused(ours, monkeypatch):
     monkeypatch.setattr(
         ours.model, "forward_image", lambda x: calls.append(1) or original(x)
     )
-    st = ours.init_state(make_frames(6))
+    st = ours.init_state(make_frames(6), store=False)
     assert not calls  # nothing is encoded up front
     ours.add_new_points_or_box(st, 2, 1, points=click(2, 0, 256, 256), labels=[1])
     assert len(calls) == 1
@@ -353,6 +353,16 @@ def test_frames_encoded_once_and_reused(ours, monkeypatch):
     st.feature_cache.max_items = 1
     list(ours.propagate_in_video(st))
     assert len(calls) > 6  # evicted features are recomputed
+    st.close()
+
+    calls.clear()  # with an embedding store behind the cache, evicted features are read back
+    st = ours.init_state(make_frames(6))
+    st.feature_cache.max_items = 1
+    ours.add_new_points_or_box(st, 2, 1, points=click(2, 0, 256, 256), labels=[1])
+    first = [m.clone() for _, _, m in ours.propagate(st, direction="both")]
+    again = [m.clone() for _, _, m in ours.propagate(st, direction="both")]
+    assert len(calls) == 6 and st.store.store.reads >= 5  # the second pass read from disk
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
     st.close()
 
 
