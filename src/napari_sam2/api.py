@@ -31,6 +31,12 @@ Conventions
   where the CPU keeps float32 accuracy) or ``"bf16"``; see :mod:`napari_sam2.models.precision`.
   Given with a network or predictor, it changes that network's mode; ``None`` leaves it as
   it is.
+* ``store``: where image features are kept on disk, so that the same image or stack is not
+  encoded again, in this session or a later one (see :mod:`napari_sam2.core.store`):
+  ``None`` (default) the user cache (``$NAPARI_SAM2_CACHE/embeddings``, 20 GB, least recently
+  used removed first), ``False`` nowhere, or a path (a ``.zarr`` folder, e.g. next to the
+  data or on a shared drive; ``napari-sam2 embed`` precomputes one). With a predictor given
+  as ``model``, ``None`` means the predictor's own setting.
 """
 
 from __future__ import annotations
@@ -127,6 +133,7 @@ def segment_image(
     precision: str | None = None,
     multimask: bool = False,
     normalization: Normalization | None = None,
+    store: Any = None,
 ) -> np.ndarray:
     """Segment one object in one 2D image.
 
@@ -142,6 +149,7 @@ def segment_image(
         multimask: let SAM propose 3 masks and return the one with the highest predicted IoU
             (often better for a single ambiguous click); default one mask.
         normalization: intensity mapping; default automatic.
+        store: see the module docstring.
 
     Returns:
         ``H×W`` bool mask.
@@ -150,8 +158,13 @@ def segment_image(
         raise ValueError("segment_image needs points and/or a box")
     if points is not None and labels is None:
         labels = np.ones(len(np.asarray(points)), dtype=np.int32)
+    from .core.image.predictor import SAM2ImagePredictor
+
     predictor = _image_predictor(model, config, device, image_size, precision)
-    predictor.set_image(image, normalization=normalization)
+    if store is None and isinstance(model, SAM2ImagePredictor):
+        predictor.set_image(image, normalization=normalization)
+    else:
+        predictor.set_image(image, normalization=normalization, store=store)
     masks, scores, _ = predictor.predict(
         point_coords=points, point_labels=labels, box=box, multimask_output=multimask
     )
@@ -167,6 +180,7 @@ def segment_everything(
     image_size: int | None = None,
     precision: str | None = None,
     normalization: Normalization | None = None,
+    store: Any = None,
     **amg_options: Any,
 ) -> np.ndarray:
     """Segment everything in one 2D image with the automatic mask generator.
@@ -177,6 +191,7 @@ def segment_everything(
             :class:`~napari_sam2.core.image.mask_generator.SAM2AutomaticMaskGenerator` is
             used as it is (then pass no ``amg_options``).
         normalization: intensity mapping; default automatic.
+        store: see the module docstring (a generator given as ``model`` uses its own).
         amg_options: options of the generator, e.g. ``points_per_side=32``,
             ``pred_iou_thresh=0.8``, ``stability_score_thresh=0.95``,
             ``min_mask_region_area=0``.
@@ -190,12 +205,12 @@ def segment_everything(
     from .core.stacks.normalization import normalize_image
 
     if isinstance(model, SAM2AutomaticMaskGenerator):
-        if amg_options:
-            raise ValueError("pass amg_options to the generator you built, not here")
+        if amg_options or store is not None:
+            raise ValueError("pass amg_options and store to the generator you built, not here")
         generator = model
     else:
         net = _load(model, config, device, image_size, video=False, precision=precision)
-        generator = SAM2AutomaticMaskGenerator(net, **amg_options)
+        generator = SAM2AutomaticMaskGenerator(net, store=store, **amg_options)
     if normalization is not None:
         image, _ = normalize_image(image, normalization)
     records = generator.generate(image)
@@ -272,6 +287,7 @@ def track(
     normalization: Normalization | None = None,
     out: np.ndarray | None = None,
     progress: bool = False,
+    store: Any = None,
     **frame_kwargs: Any,
 ) -> np.ndarray:
     """Follow prompted objects through every frame of a stack; return the label volume.
@@ -296,6 +312,8 @@ def track(
         out: ``T×H×W`` integer array to write into (e.g. ``np.memmap`` or
             ``tifffile.memmap``), so the result need not fit in RAM; allocated otherwise.
         progress: show a tqdm progress bar on stderr.
+        store: see the module docstring; a stack encoded before (or precomputed with
+            ``napari-sam2 embed``) is not encoded again.
         frame_kwargs: passed to ``init_state`` / ``open_frames`` (``frame_axis``,
             ``channel_axis``, ``position``, ``contrast_limits``, ...).
 
@@ -312,6 +330,8 @@ def track(
     predictor = _video_predictor(model, config, device, image_size, precision)
     if normalization is not None:
         frame_kwargs["normalization"] = normalization
+    if store is not None or not _is_video_predictor(model):
+        frame_kwargs["store"] = store
     state = predictor.init_state(stack, **frame_kwargs)
     try:
         num_frames = int(state.num_frames)
@@ -337,6 +357,12 @@ def track(
         return out
     finally:
         _close_state(predictor, state)
+
+
+def _is_video_predictor(model: Any) -> bool:
+    from .core.video.predictor import SAM2VideoPredictor
+
+    return isinstance(model, SAM2VideoPredictor)
 
 
 def _output(out: np.ndarray | None, shape: tuple[int, int, int], max_id: int) -> np.ndarray:

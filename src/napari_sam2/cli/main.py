@@ -5,6 +5,8 @@ Commands::
     napari-sam2 track STACK --points POINTS.csv [--boxes BOXES.csv] --out LABELS.tif
     napari-sam2 segment IMAGE --auto --out LABELS.tif
     napari-sam2 segment IMAGE --points POINTS.csv [--boxes BOXES.csv] --out MASK.tif
+    napari-sam2 embed STACK [--out STORE.zarr] [--range A:B]
+    napari-sam2 cache [--clear [--older-than DAYS]]
     napari-sam2 models
     napari-sam2 download NAME
     napari-sam2 demo [--model PATH]
@@ -29,7 +31,7 @@ import sys
 import traceback
 from typing import Any
 
-from . import demo, models, segment, track
+from . import cache, demo, embed, models, segment, track
 from .common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -64,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     track.add_parser(sub)
     segment.add_parser(sub)
+    embed.add_parser(sub)
+    cache.add_parser(sub)
     models.add_parsers(sub)
     demo.add_parser(sub)
     return parser

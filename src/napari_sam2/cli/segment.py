@@ -10,6 +10,7 @@ from .common import EXIT_OK, UsageError, add_common_options, say
 from .inputs import existing_file, input_errors, read_image, read_prompts
 from .model_options import add_model_options, check_model, load_model
 from .output import AtomicOutput, write_tiff
+from .store_options import add_store_options, store_errors, store_spec
 
 __all__ = ["add_parser", "run"]
 
@@ -33,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--stability-score-thresh", type=float, default=0.95, metavar="X")
     g.add_argument("--min-area", type=int, default=0, metavar="PIXELS",
                    help="remove islands and fill holes smaller than this")
+    add_store_options(p)
     add_model_options(p)
     add_common_options(p)
     p.set_defaults(func=run)
@@ -43,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     check_model(args.model)
+    store = store_spec(args)
     image_path = existing_file(args.image, "image")
     if args.auto and (args.points or args.boxes):
         raise UsageError("--auto segments everything; do not combine it with --points/--boxes")
@@ -67,21 +70,23 @@ def run(args: argparse.Namespace) -> int:
             from ..api import segment_everything
 
             say("segmenting everything")
-            labels = segment_everything(
-                rgb, model=model, points_per_side=args.points_per_side,
-                pred_iou_thresh=args.pred_iou_thresh,
-                stability_score_thresh=args.stability_score_thresh,
-                min_mask_region_area=args.min_area,
-            )
+            with store_errors():
+                labels = segment_everything(
+                    rgb, model=model, store=store, points_per_side=args.points_per_side,
+                    pred_iou_thresh=args.pred_iou_thresh,
+                    stability_score_thresh=args.stability_score_thresh,
+                    min_mask_region_area=args.min_area,
+                )
         else:
-            labels = _segment_prompts(model, rgb, prompts)
+            with store_errors():
+                labels = _segment_prompts(model, rgb, prompts, store)
         write_tiff(output.tmp, labels, "YX")
         output.commit()
     say(f"wrote {args.out} ({int(len(np.unique(labels)) - 1)} objects)")
     return EXIT_OK
 
 
-def _segment_prompts(model: Any, image: Any, prompts: list) -> Any:
+def _segment_prompts(model: Any, image: Any, prompts: list, store: Any) -> Any:
     """``H×W`` labels: each object's mask from its clicks/box; overlaps go to the highest logit."""
     import numpy as np
 
@@ -89,7 +94,7 @@ def _segment_prompts(model: Any, image: Any, prompts: list) -> Any:
     from ..core.annotations.labels import label_dtype
     from ..core.image.predictor import SAM2ImagePredictor
 
-    predictor = SAM2ImagePredictor(model)
+    predictor = SAM2ImagePredictor(model, store=store)
     predictor.set_image(image)
     ids, logits = [], []
     for p in prompts:

@@ -15,6 +15,7 @@ from .inputs import (
 )
 from .model_options import add_model_options, check_model, load_model
 from .output import AtomicOutput
+from .store_options import add_store_options, store_errors, store_spec
 
 __all__ = ["add_parser", "run"]
 
@@ -41,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="stack axis holding channels (default: guessed)")
     p.add_argument("--position", action="append", metavar="AXIS=INDEX",
                    help="fix another axis, e.g. the z-plane of a T×Z×Y×X stack: --position 1=12")
+    add_store_options(p)
     add_model_options(p)
     add_common_options(p)
     p.set_defaults(func=run)
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if not (args.points or args.boxes):
         raise UsageError("give the prompts with --points POINTS.csv and/or --boxes BOXES.csv")
     check_model(args.model)
+    store = store_spec(args)
     stack_path = existing_file(args.stack, "stack")
     prompts = read_prompts(args, frame_axis=args.frame_axis)
     position = parse_position(args.position)
@@ -102,10 +105,12 @@ def run(args: argparse.Namespace) -> int:
                     f"tracking {n_obj} object{'s' * (n_obj != 1)} through {num_frames} frames "
                     f"of {width}×{height} ({args.direction})"
                 )
-                track(
-                    frames, prompts, model=model, direction=args.direction,
-                    frame_range=frame_range, out=labels, progress=not args.quiet,
-                )
+                with store_errors():
+                    track(
+                        frames, prompts, model=model, direction=args.direction,
+                        frame_range=frame_range, out=labels, progress=not args.quiet,
+                        store=store,
+                    )
                 labels.flush()
             finally:
                 del labels

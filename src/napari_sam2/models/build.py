@@ -226,5 +226,5 @@ def build_model(
             model = instantiate(cfg, _recursive_=True, _convert_="all")
     except Exception as err:
         raise ConfigError(f"Could not build the network from {config}: {err}") from err
-    model.config_name = Path(str(config)).stem  # for display (stores, reports); never a key
+    model.config_name = Path(str(config)).name.removesuffix(".yaml")  # for display only
     return set_precision(model.eval(), precision)

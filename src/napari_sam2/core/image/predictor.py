@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ImageEmbedding", "SAM2ImagePredictor"]
 
+_OWN_STORE = object()  # set_image's default: the predictor's own store setting
 _LOW_RES_CLAMP = 32.0  # returned low-res logits are clamped to ±32, as in SAM 2
 
 
@@ -166,7 +167,8 @@ class SAM2ImagePredictor:
     # ------------------------------------------------------------------ images
     @torch.no_grad()
     def set_image(
-        self, image: np.ndarray | Any, normalization: Normalization | None = None
+        self, image: np.ndarray | Any, normalization: Normalization | None = None, *,
+        store: StoreSpec = _OWN_STORE,
     ) -> None:
         """Embed one image for :meth:`predict`.
 
@@ -178,10 +180,14 @@ class SAM2ImagePredictor:
                 percentile contrast per channel). At least 2×2 pixels.
             normalization: explicit intensity mapping (e.g. napari's contrast limits) applied
                 whatever the dtype. The mapping used is kept in :attr:`normalization`.
+            store: where this image's features are kept on disk (as the constructor's
+                ``store``); default: the predictor's.
         """
+        store = self.store if store is _OWN_STORE else store
+        check_store_spec(store)
         image, self.normalization = _prepare_image(image, "image", normalization)
         self.reset_predictor()
-        stores = [open_image_store(self.store, self.model, image, self.normalization)]
+        stores = [open_image_store(store, self.model, image, self.normalization)]
         self._state = embed_images(self.model, [image], is_batch=False, stores=stores)
 
     @torch.no_grad()

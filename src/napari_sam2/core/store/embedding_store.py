@@ -372,6 +372,17 @@ class EmbeddingStore:
         self.touch()
         return out
 
+    def has(self, index: int, signature: str) -> bool:
+        """Whether frame ``index``'s features are stored for a frame with ``signature``
+        (reads the signature only)."""
+        self._open_variant()
+        if self._signatures is None:
+            return False
+        try:
+            return bool(np.array_equal(self._signatures[index], signature_words(signature)))
+        except Exception:  # noqa: BLE001 - unreadable: not stored
+            return False
+
     def write(
         self, index: int, signature: str, levels: Sequence[torch.Tensor],
         position_dtypes: Sequence[str],

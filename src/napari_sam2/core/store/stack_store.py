@@ -112,6 +112,14 @@ class FeatureStore:
         pos = self.model.image_encoder.positions(sizes, dtypes, device)
         return levels, pos
 
+    def has(self, index: int, signature: str) -> bool:
+        """Whether frame ``index`` is stored for a frame with ``signature``."""
+        return self._current().has(index, signature)
+
+    def complete(self) -> np.ndarray:
+        """``T`` bool: frames with stored features (under the network's key now)."""
+        return self._current().complete()
+
     def save(
         self, index: int, signature: str, fpn: list[torch.Tensor], pos: list[torch.Tensor]
     ) -> bool:

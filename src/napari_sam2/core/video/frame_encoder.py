@@ -105,6 +105,23 @@ class FrameEncoder:
 
         return state.feature_cache.get_or_compute(frame_idx, compute)
 
+    def store_frame(self, state: VideoInferenceState, frame_idx: int) -> bool:
+        """Make sure frame ``frame_idx``'s features are in the state's store (encoding the
+        frame only if they are not there for its current pixels); returns whether it was
+        encoded. Without a store, encodes it into the feature cache."""
+        store = state.store
+        if store is not None:
+            with frame_read_lock(state.frames):
+                raw = state.frames.read_raw(frame_idx)
+            if store.has(frame_idx, frame_signature(raw)):
+                return False
+        cached = frame_idx in state.feature_cache
+        feats = self.features(state, frame_idx)
+        if cached and store is not None:  # in RAM but not on disk: write it now
+            store.save(frame_idx, frame_signature(raw), list(feats.backbone_fpn),
+                       list(feats.vision_pos_enc))
+        return not cached
+
     def batched(
         self, state: VideoInferenceState, frame_idx: int, batch_size: int = 1
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[int, int]]]:
