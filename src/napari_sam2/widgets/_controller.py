@@ -38,6 +38,7 @@ from ._layers import (
     spatial_shape,
 )
 from ._pre_encoding import PreEncoding
+from ._precompute import PrecomputeRun, describe_store
 from ._prompting import PromptLayers
 from ._runs import PropagationRun
 from ._session import SegmentationSession
@@ -47,6 +48,7 @@ from ._workers import (
     apply_worker,
     everything_worker,
     load_model_worker,
+    precompute_worker,
     propagate_worker,
 )
 
@@ -95,6 +97,12 @@ class WidgetController(QObject):
     precision_in_use_changed = Signal(str)
     pre_encode_changed = Signal(bool)
     overwrite_changed = Signal(bool)
+    #: "Precompute embeddings" progress: (frames done, frames of the stack).
+    precompute_progress = Signal(int, int)
+    #: A precompute run started (True) or ended (False).
+    precompute_running = Signal(bool)
+    #: The embedding store's status line, e.g. "312/312 slices encoded (cache: 2.4 GB)".
+    store_status_changed = Signal(str)
     #: A message for the user: (level, text) with level "info", "warning" or "error".
     notice = Signal(str, str)
     #: A failure to report: (context, exception); the context may be "".
@@ -114,6 +122,8 @@ class WidgetController(QObject):
         self._geometry: StackGeometry | None = None
         self._pending: dict = {}
         self._run: PropagationRun | None = None
+        self._precompute: PrecomputeRun | None = None
+        self._store_status = "embeddings: none yet"
         self._frame_axis = 0
         self._overwrite = False
         self._current_object = 1
@@ -369,6 +379,7 @@ class WidgetController(QObject):
         if not self._alive:
             return
         self.cancel()
+        self.cancel_precompute()
         self._alive = False
         self._pre.close()
         self._viewer.dims.events.current_step.disconnect(self._refresh_pre_encoder)
@@ -536,6 +547,89 @@ class WidgetController(QObject):
         if completed:
             self.progress_changed.emit(run.total, run.total)
         self.propagation_finished.emit(completed)
+
+    # ------------------------------------------------------------------ embeddings on disk
+    @property
+    def store_status(self) -> str:
+        """The embedding store's status line, e.g. "312/312 slices encoded (cache: 2.4 GB)"."""
+        return self._store_status
+
+    @property
+    def is_precomputing(self) -> bool:
+        return self._precompute is not None
+
+    def precompute_embeddings(self) -> Any:
+        """Encode every slice of the stack whose features are not in its embedding store, on
+        a worker; returns the worker. Cancel with :meth:`cancel_precompute`; a later run
+        resumes where it stopped (and so does a later napari session).
+
+        Clicks and other jobs go first: the run steps aside after the slice it is encoding
+        when a prompt changes or a job is queued, and continues after them by itself.
+        """
+        if self._precompute is not None:
+            raise RuntimeError("Embeddings are being precomputed already.")
+        self._require_idle("precompute embeddings")
+        if self._model is None or self._image is None:
+            raise RuntimeError("Choose an image and load a model first.")
+        session = self._ensure_session()
+        if session is None:
+            raise RuntimeError("The prompts are being updated; try again in a moment.")
+        self._pre.close()  # one encoder at a time
+        handle = CancelHandle()
+        worker = precompute_worker(session, handle, self._others_waiting)
+        worker._sam2_session = session
+        self._precompute = PrecomputeRun(
+            worker, handle, session.num_frames, on_step=self._on_precompute_step,
+            on_done=self._on_precompute_done,
+            on_error=partial(self._report, "Precomputing embeddings failed"),
+        )
+        self.precompute_running.emit(True)
+        self.precompute_progress.emit(0, session.num_frames)
+        return self._jobs.submit(worker)
+
+    def cancel_precompute(self) -> None:
+        """Stop precomputing after the slice being encoded (it is kept)."""
+        run = self._precompute
+        if run is None:
+            return
+        run.cancel()
+        if not run.started and self._jobs.remove(run.worker):
+            run.abandon()
+
+    def _on_precompute_step(self, done: int, total: int) -> None:
+        if self._alive:
+            self.precompute_progress.emit(done, total)
+
+    def _others_waiting(self) -> bool:
+        """Whether prompt changes or jobs wait for the precompute run (read on its thread)."""
+        return bool(self._pending) or self._jobs.waiting > 0
+
+    def _on_precompute_done(self, run: PrecomputeRun, completed: bool) -> None:
+        if self._precompute is run:
+            self._precompute = None
+        if not self._alive:
+            return
+        resume = run.stepped_aside and self._session is not None and self._run is None
+        self.precompute_running.emit(False)
+        self._refresh_store_status()
+        if resume:  # it made way for a click or a job: continue after them
+            try:
+                self.precompute_embeddings()
+            except (RuntimeError, ValueError):
+                pass
+
+    def _refresh_store_status(self) -> None:
+        """Read the store's status (main thread, no job running: the store is not written)."""
+        session = self._session
+        if not self._alive or session is None or not session.has_state:
+            return
+        try:
+            text = describe_store(session.store_status())
+        except Exception as err:  # noqa: BLE001 - a status line must never break the widget
+            text = f"embeddings: status unknown ({err})"
+        if text != self._store_status:
+            self._store_status = text
+            self.store_status_changed.emit(text)
 
     # ------------------------------------------------------------------ segment everything
     def segment_everything(self, **options: Any) -> Any:
@@ -762,6 +856,7 @@ class WidgetController(QObject):
         self._pre.jobs_busy(busy)
         if not busy:
             self._refresh_pre_encoder()
+            self._refresh_store_status()
         self.busy_changed.emit(busy)
         if not busy and self._resync_when_idle:
             self._resync_when_idle = False

@@ -32,6 +32,11 @@ class JobQueue(QObject):
         self.active: Any = None
 
     @property
+    def waiting(self) -> int:
+        """How many jobs wait to start."""
+        return len(self._queue)
+
+    @property
     def busy(self) -> bool:
         """Whether a job runs or waits."""
         return self.active is not None or bool(self._queue)

@@ -13,7 +13,9 @@ wants, per ``(frame, object)``, and turns their changes into masks:
   new call -- and yields the affected object's mask on that frame. The image encoder runs
   once per frame: the predictor caches features, so a second click on a frame only decodes;
 * :meth:`propagate` (worker thread) tracks every prompted object through the stack and
-  yields the masks of each frame as it is done.
+  yields the masks of each frame as it is done;
+* :meth:`precompute` (worker thread) fills the stack's embedding store, frame by frame, and
+  :meth:`store_status` says how much of it is there.
 
 Both generators yield ``(frame_idx, {obj_id: H×W bool mask})``: exactly the objects whose
 pixels the caller may touch (see :mod:`napari_sam2.widgets._labels_writer`). Prompt state lives
@@ -212,6 +214,33 @@ class SegmentationSession:
                 yield int(frame_idx), _obj_masks(obj_ids, masks)
         finally:
             gen.close()
+
+    def precompute(
+        self, should_stop: Callable[[], bool] = lambda: False
+    ) -> Iterator[tuple[int, bool]]:
+        """Encode every frame whose features are not in the stack's embedding store; yield
+        ``(frame_idx, encoded)`` per frame (``encoded`` False: it was stored already). Stops
+        before the next frame once ``should_stop()`` is true."""
+        from ..core.video.precompute import precompute
+
+        for step in precompute(self.predictor, self.state, should_stop=should_stop):
+            yield step.frame_idx, step.encoded
+
+    @property
+    def has_state(self) -> bool:
+        """Whether the predictor state (and the store) were opened."""
+        return self._state is not None
+
+    def store_status(self) -> tuple[int, int, int] | None:
+        """``(frames stored, frames, bytes on disk)`` of the stack's embedding store, or
+        ``None`` before the state is opened or without a store."""
+        state = self._state
+        store = getattr(state, "store", None)
+        if store is None:
+            return None
+        from ..core.store.embedding_store import folder_size
+
+        return int(store.complete().sum()), self.num_frames, folder_size(store.store.path)
 
     def expected_items(self, direction: str, frame_range: tuple[int, int] | None) -> int:
         """How many frames :meth:`propagate` will yield (for a progress bar): with ``"both"``

@@ -132,6 +132,26 @@ class Controls:
         self.advanced_box.setVisible(False)
         outer.addWidget(model)
 
+        # -- embeddings on disk
+        store = QGroupBox("Embeddings")
+        form = QFormLayout(store)
+        self.precompute = QPushButton("Precompute embeddings")
+        self.precompute.setToolTip(
+            "Encode every slice now, in the background, and keep the features on disk: "
+            "clicks and propagation need no encoding afterwards, in this session and the next "
+            "ones. Resumes where it stopped."
+        )
+        self.precompute_progress = QProgressBar()
+        self.precompute_progress.setTextVisible(True)
+        self.precompute_cancel = QPushButton("Cancel")
+        self.precompute_cancel.setEnabled(False)
+        self.store_status = QLabel("embeddings: none yet")
+        self.store_status.setWordWrap(True)
+        form.addRow(self.precompute)
+        form.addRow(_row(self.precompute_progress, self.precompute_cancel))
+        form.addRow(self.store_status)
+        outer.addWidget(store)
+
         # -- prompts
         prompts = QGroupBox("Prompts")
         form = QFormLayout(prompts)

@@ -9,6 +9,7 @@ Scripting (the widget's public surface)::
     w.add_point((5, 130, 90), positive=False)
     w.propagate("both")                                    # a worker; see w.propagation_finished
     w.cancel()
+    w.precompute_embeddings()                              # every slice's features, to disk
 
 :class:`SAM2Widget` is the view: it lays out the controls (``_ui.py``), owns a
 :class:`~napari_sam2.widgets._controller.WidgetController` (:attr:`SAM2Widget.controller`) that
@@ -105,6 +106,8 @@ class SAM2Widget(QWidget):
     overwrite = _forward("overwrite", writable=True)
     current_object = _forward("current_object", writable=True)
     positive = _forward("positive", writable=True)
+    store_status = _forward("store_status")
+    is_precomputing = _forward("is_precomputing")
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -140,6 +143,8 @@ class SAM2Widget(QWidget):
                 lambda _=False, d=direction: self._guarded(self._propagate_clicked, d)
             )
         ui.cancel.clicked.connect(lambda: c.cancel())
+        ui.precompute.clicked.connect(lambda: self._guarded(c.precompute_embeddings))
+        ui.precompute_cancel.clicked.connect(lambda: c.cancel_precompute())
         ui.overwrite.toggled.connect(lambda on: setattr(c, "overwrite", on))
         ui.normalization.currentIndexChanged.connect(self._normalization_chosen)
         ui.image_size.currentTextChanged.connect(self._image_size_chosen)
@@ -164,6 +169,9 @@ class SAM2Widget(QWidget):
         c.precision_in_use_changed.connect(self._show_precision_in_use)
         c.pre_encode_changed.connect(self._show_pre_encode)
         c.overwrite_changed.connect(self._show_overwrite)
+        c.precompute_progress.connect(self._show_precompute_progress)
+        c.precompute_running.connect(self._show_precomputing)
+        c.store_status_changed.connect(self._show_store_status)
         c.notice.connect(self._notify)
         c.failed.connect(self._report)
 
@@ -177,6 +185,8 @@ class SAM2Widget(QWidget):
         self._show_pre_encode(c.pre_encode)
         self._show_overwrite(c.overwrite)
         self._show_running(c.is_running)
+        self._show_precomputing(c.is_precomputing)
+        self._show_store_status(c.store_status)
         self._refresh_layer_combos()
 
     # ------------------------------------------------------------------ lifetime
@@ -237,6 +247,15 @@ class SAM2Widget(QWidget):
     def cancel(self) -> None:
         """Stop the propagation after the frame being computed; frames written so far stay."""
         self.controller.cancel()
+
+    def precompute_embeddings(self) -> Any:
+        """Encode every slice whose features are not on disk yet, on a worker (progress,
+        cancel, resumes); returns the worker. :attr:`store_status` says how far it got."""
+        return self.controller.precompute_embeddings()
+
+    def cancel_precompute(self) -> None:
+        """Stop precomputing after the slice being encoded."""
+        self.controller.cancel_precompute()
 
     def segment_everything(self, **options: Any) -> Any:
         """Segment every object on the current slice into new label values (after the
@@ -341,6 +360,22 @@ class SAM2Widget(QWidget):
                   *ui.propagate_buttons):
             w.setEnabled(not running)
         ui.cancel.setEnabled(running)
+
+    def _show_precompute_progress(self, value: int, maximum: int) -> None:
+        if not self._alive:
+            return
+        self._ui.precompute_progress.setRange(0, max(1, maximum))
+        self._ui.precompute_progress.setValue(value)
+
+    def _show_precomputing(self, running: bool) -> None:
+        if not self._alive:
+            return
+        self._ui.precompute.setEnabled(not running)
+        self._ui.precompute_cancel.setEnabled(running)
+
+    def _show_store_status(self, text: str) -> None:
+        if self._alive:
+            self._ui.store_status.setText(text)
 
     def _show_defaults(self, obj_id: int, positive: bool) -> None:
         if not self._alive:

@@ -15,7 +15,7 @@ import importlib.util
 import os
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -29,6 +29,7 @@ __all__ = [
     "apply_worker",
     "everything_worker",
     "load_model_worker",
+    "precompute_worker",
     "propagate_worker",
 ]
 
@@ -48,6 +49,7 @@ class CancelHandle:
     def __init__(self) -> None:
         self._event = threading.Event()
         self.generator: Iterator[Any] | None = None
+        self.stepped_aside = False  # a precompute run stopped to let other work go first
 
     def cancel(self) -> None:
         self._event.set()
@@ -164,6 +166,42 @@ def propagate_worker(
     return create_worker(
         _propagate, session, direction, frame_range, handle, _start_thread=False,
         _ignore_errors=True,
+    )
+
+
+def _precompute(
+    session: SegmentationSession, handle: CancelHandle, step_aside: Callable[[], bool]
+) -> Iterator[Any]:
+    def stop() -> bool:
+        if handle.cancelled:
+            return True
+        if step_aside():
+            handle.stepped_aside = True
+            return True
+        return False
+
+    try:
+        gen = session.precompute(should_stop=stop)
+        handle.generator = gen
+        for item in gen:
+            yield item
+            if handle.cancelled:
+                break
+        gen.close()
+    except Exception as err:  # noqa: BLE001 - reported by the widget
+        yield Failure(err)
+    handle.generator = None
+
+
+def precompute_worker(
+    session: SegmentationSession, handle: CancelHandle,
+    step_aside: Callable[[], bool] = lambda: False,
+) -> Any:
+    """Worker yielding ``(frame_idx, encoded)`` per frame while it fills the session's
+    embedding store; stops within one frame of ``handle.cancel()``, or when ``step_aside()``
+    is true (then ``handle.stepped_aside`` is set)."""
+    return create_worker(
+        _precompute, session, handle, step_aside, _start_thread=False, _ignore_errors=True
     )
 
 
