@@ -28,9 +28,12 @@ INPUTS = ("video", "image")  # SAM 2's video frame loader / its image transform
 
 
 def _package_version() -> str:
-    from ... import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
-    return str(__version__)
+    try:
+        return version("napari-sam2")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"
 
 
 def normalization_record(normalization: Normalization | None) -> dict[str, Any] | None:
