@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .folders import lock_for
 from .key import FORMAT, StoreKey
 from .signature import signature_words
 
@@ -57,7 +58,6 @@ logger = logging.getLogger(__name__)
 KIND = "embedding-store"
 CODECS = ("blosc-zstd", "blosc-lz4", "zstd", "none")
 DEFAULT_CODEC = "blosc-zstd"  # ~0.7-0.8 of the raw size, read in < 1/100 of an encoding
-_LOCK_TIMEOUT_S = 60.0
 _STALE_PARTIAL_S = 600.0  # temporary chunk files older than this belong to a killed writer
 _TOUCH_EVERY_S = 60.0
 
@@ -465,20 +465,6 @@ class EmbeddingStore:
     def __repr__(self) -> str:
         mode = "read-only" if self.read_only else "read-write"
         return f"EmbeddingStore({self.path}, key {self.key.digest[:8]}, {mode})"
-
-
-def lock_for(folder: Path) -> Any:
-    """The inter-process lock of one store folder (a :class:`filelock.FileLock` in the
-    default stores' folder, ``.locks/``, named by the folder's absolute path)."""
-    from filelock import FileLock
-
-    from .location import default_root
-    from .signature import digest
-
-    locks = default_root() / ".locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    name = digest(str(Path(folder).absolute()))[:24]
-    return FileLock(str(locks / f"{name}.lock"), timeout=_LOCK_TIMEOUT_S)
 
 
 def folder_size(path: Path) -> int:

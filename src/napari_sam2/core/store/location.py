@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .embedding_store import KIND, _read_json, folder_size, lock_for
+from .embedding_store import KIND, _read_json, folder_size
+from .folders import ROOT_ENV, default_root, lock_for
 from .signature import digest
 
 __all__ = [
@@ -37,20 +38,9 @@ __all__ = [
     "list_stores",
 ]
 
-ROOT_ENV = "NAPARI_SAM2_EMBEDDINGS"
 BUDGET_ENV = "NAPARI_SAM2_STORE_GB"
 DEFAULT_BUDGET_GB = 20.0
 IN_USE_S = 600.0  # features used this recently are never evicted
-
-
-def default_root() -> Path:
-    """The folder of the default stores (not created here)."""
-    env = os.environ.get(ROOT_ENV, "").strip()
-    if env:
-        return Path(env).expanduser()
-    from ...models.download import cache_dir
-
-    return cache_dir() / "embeddings"
 
 
 def budget_bytes() -> int:
