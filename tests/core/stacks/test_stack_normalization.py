@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from napari_sam2.core.stacks.normalization import _percentile_limits
 from napari_sam2.core.stacks.stack_normalization import (
     Normalization,
     normalize_frame,
@@ -76,6 +77,21 @@ def test_int16_with_negative_values() -> None:
     _assert_model_ready(out, image.shape)
     assert out[10:30, 10:30].mean() > 0.8 and out[:10].mean() < 0.2
     assert norm.contrast_limits[0][0] < -800
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16])
+def test_small_integer_limits_equal_numpy_percentiles(dtype) -> None:
+    """8/16-bit limits come from a histogram; they must be numpy's own floats."""
+    rng = np.random.default_rng(7)
+    info = np.iinfo(dtype)
+    for n in (1, 2, 7, 1000, 40_001):
+        values = rng.integers(info.min, int(info.max) + 1, n).astype(dtype)
+        values[: n // 3] = values[: n // 3] // 64 * 64  # ties
+        for percentiles in ((0.0, 100.0), (0.5, 99.8), (13.7, 50.0)):
+            want = tuple(float(v) for v in np.percentile(values, percentiles))
+            if not want[1] > want[0]:
+                want = (float(values.min()), float(values.max()))
+            assert _percentile_limits(values, percentiles) == want
 
 
 def test_int32_wide_values_keep_precision() -> None:

@@ -180,3 +180,47 @@ def test_store_metadata_records_what_the_issue_lists(tmp_path):
     assert root["stack"]["name"] == "cells.tif"
     # nothing but zarr in the store (the writers' locks live beside the default stores)
     assert not [p for p in store.path.rglob("*.lock")]
+
+
+def test_reopening_reuses_arrays_but_never_a_replaced_store(tmp_path):
+    path = tmp_path / "s.zarr"
+    sig = frame_signature(np.zeros((8, 8)))
+    first = EmbeddingStore.open(path, key())
+    assert first.write(0, sig, levels(0), POS)
+    again = EmbeddingStore.open(path, key())  # the arrays opened above, no metadata re-read
+    assert torch.equal(again.read(0, sig)[1], levels(0)[1])
+    # the store replaced behind our back (another process cleared and rebuilt it)
+    EmbeddingStore.open(path, key(), overwrite=True)
+    import shutil
+
+    shutil.rmtree(path)
+    rebuilt = EmbeddingStore.open(path, key())
+    assert rebuilt.read(0, sig) is None  # not the removed frame
+    other = [torch.randn(1, 6, 8, 8), torch.randn(1, 8, 4, 4).bfloat16(),
+             torch.randn(1, 4, 2, 2).half()]  # a contiguous first level this time
+    assert rebuilt.write(0, sig, other, POS)
+    back = EmbeddingStore.open(path, key()).read(0, sig)
+    assert back[0].is_contiguous() and torch.equal(back[0], other[0])
+    assert first.read(0, sig) is not None  # the old object follows the files, not a copy
+    assert torch.equal(first.read(0, sig)[0], other[0])
+
+
+def test_temporary_chunks_of_a_killed_writer_go_before_the_next_write(tmp_path):
+    import os
+    import time
+
+    path = tmp_path / "s.zarr"
+    sig = frame_signature(np.zeros((8, 8)))
+    store = EmbeddingStore.open(path, key())
+    assert store.write(0, sig, levels(), POS)
+    folder = store.variant / "level_0" / "c"
+    stale, fresh = folder / "1.partial", folder / "2.partial"
+    stale.write_bytes(b"half a chunk")
+    fresh.write_bytes(b"a live writer's chunk")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    reader = EmbeddingStore.open(path, key(), read_only=True)
+    assert reader.read(0, sig) is not None and stale.exists()  # reading removes nothing
+    writer = EmbeddingStore.open(path, key())
+    assert writer.write(1, sig, levels(1), POS)
+    assert not stale.exists() and fresh.exists()

@@ -428,10 +428,33 @@ def _percentile_limits(values: np.ndarray, percentiles: tuple[float, float]) -> 
         values = values[np.isfinite(values)]
     if values.size == 0:
         return (0.0, 0.0)
-    low, high = (float(v) for v in np.percentile(values, percentiles))
+    if values.dtype.kind in "iu" and values.dtype.itemsize <= 2:
+        low, high = _counted_percentiles(values, percentiles)
+    else:
+        low, high = (float(v) for v in np.percentile(values, percentiles))
     if not high > low:  # a few bright spots on an empty background: keep them visible
         low, high = float(values.min()), float(values.max())
     return (low, high)
+
+
+def _counted_percentiles(values: np.ndarray, percentiles: tuple[float, float]) -> list[float]:
+    """``np.percentile(values, percentiles)`` (linear method, the same floats) for 8- and
+    16-bit integers, from a histogram: one pass instead of a partial sort (~10x faster on
+    16 frames of a stack)."""
+    offset = int(np.iinfo(values.dtype).min)
+    counts = np.bincount((values.astype(np.int32) - offset) if offset else values)
+    ends = np.cumsum(counts)  # ends[v] = how many values are <= v + offset
+    n = values.size
+    out = []
+    for p in percentiles:
+        position = (n - 1) * (float(p) / 100.0)  # numpy's virtual index
+        below = min(max(math.floor(position), 0), n - 1)
+        above = min(below + 1, n - 1)
+        a, b = (float(np.searchsorted(ends, k, side="right")) + offset for k in (below, above))
+        t = position - below
+        diff = b - a  # numpy's lerp, with its choice of end for t >= 0.5
+        out.append(b - diff * (1.0 - t) if t >= 0.5 else a + diff * t)
+    return out
 
 
 def _check_none_dtype(dtype: np.dtype, name: str) -> None:

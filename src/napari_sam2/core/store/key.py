@@ -12,6 +12,7 @@ recomputed. The device is not part of it: features made on a GPU serve a laptop.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ FORMAT = 1  # layout version of the store; a new layout never reads an old one
 INPUTS = ("video", "image")  # SAM 2's video frame loader / its image transform
 
 
+@functools.cache
 def _package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
