@@ -28,17 +28,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
 def run(args: argparse.Namespace) -> int:
     """List or clear the stores."""
-    from ..core.store.location import budget_bytes, clear_stores, default_root, list_stores
+    from ..core.store.location import (
+        budget_bytes,
+        clear_stores,
+        default_root,
+        format_bytes,
+        list_stores,
+    )
 
     if args.older_than is not None and not args.clear:
         raise UsageError("--older-than goes with --clear")
@@ -51,14 +49,15 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     entries = list_stores(root)
     total = sum(e.size_bytes for e in entries)
-    print(f"embedding stores in {root}: {_size(total)} of a {_size(budget_bytes())} budget "
+    budget = format_bytes(budget_bytes())
+    print(f"embedding stores in {root}: {format_bytes(total)} of a {budget} budget "
           "(set NAPARI_SAM2_STORE_GB to change it)")
     if not entries:
         print("  (none)")
     for e in entries:
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
         print(
-            f"  {used}  {_size(e.size_bytes):>9}  {e.complete:>5}/{e.frames:<5} "
+            f"  {used}  {format_bytes(e.size_bytes):>9}  {e.complete:>5}/{e.frames:<5} "
             f"{e.model} ({e.config}, {e.precision}, {e.input} {e.image_size})  {e.data}"
         )
     return EXIT_OK

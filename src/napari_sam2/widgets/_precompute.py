@@ -12,17 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ._workers import CancelHandle, Failure
+from ..core.store.location import format_bytes
+from ._worker_run import WorkerRun
+from ._workers import CancelHandle
 
 __all__ = ["PrecomputeRun", "describe_store"]
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 def describe_store(status: tuple[int, int, int] | None) -> str:
@@ -30,7 +24,7 @@ def describe_store(status: tuple[int, int, int] | None) -> str:
     if status is None:
         return "embeddings: not stored on disk"
     done, total, size = status
-    return f"{done}/{total} slices encoded (cache: {_size(size)})"
+    return f"{done}/{total} slices encoded (cache: {format_bytes(size)})"
 
 
 class PrecomputeRun:
@@ -51,61 +45,38 @@ class PrecomputeRun:
         on_step: Callable[[int, int], None], on_done: Callable[[PrecomputeRun, bool], None],
         on_error: Callable[[BaseException], None],
     ) -> None:
-        self.worker, self.handle, self.total = worker, handle, total
-        self._on_step, self._on_done, self._on_error = on_step, on_done, on_error
+        self.total = total
+        self._on_step = on_step
         self.done = 0
         self.encoded = 0
-        self.stopped = False
-        self.started = False
-        self.finished = False
-        self.error: BaseException | None = None
-        worker.started.connect(self._started)
-        worker.yielded.connect(self._yielded)
-        worker.errored.connect(self._errored)
-        worker.finished.connect(self._finished)
+        self._run = WorkerRun(
+            worker, handle, on_item=self._step,
+            on_done=lambda ok: on_done(self, ok and self.done == self.total),
+            on_error=on_error,
+        )
+
+    worker = property(lambda self: self._run.worker)
+    handle = property(lambda self: self._run.handle)
+    started = property(lambda self: self._run.started)
+    finished = property(lambda self: self._run.finished)
+    stopped = property(lambda self: self._run.stopped)
+    error = property(lambda self: self._run.error)
 
     @property
     def stepped_aside(self) -> bool:
         """The run stopped early to let a click or another job go first (not cancelled)."""
         return self.handle.stepped_aside and not self.stopped and self.error is None
 
-    def _started(self) -> None:
-        self.started = True
-
-    def _yielded(self, item: Any) -> None:
-        if isinstance(item, Failure):
-            self.error = item.error
-            self._on_error(item.error)
-            return
-        if self.finished:
-            return
-        _, encoded = item
+    def _step(self, item: Any) -> None:
+        _, encoded = item  # a slice encoded after a cancel is stored all the same: count it
         self.done += 1
         self.encoded += bool(encoded)
         self._on_step(self.done, self.total)
 
-    def _errored(self, exc: BaseException) -> None:
-        self.error = exc
-
     def cancel(self) -> None:
         """Stop after the frame being encoded (it is still stored)."""
-        self.stopped = True
-        self.handle.cancel()
-        if self.started and not self.finished:
-            self.worker.quit()
-
-    def _finished(self) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        try:
-            self.handle.close()
-        except Exception:  # noqa: BLE001 - closing must never break the widget
-            pass
-        complete = self.done == self.total
-        self._on_done(self, complete and not self.stopped and self.error is None)
+        self._run.cancel()
 
     def abandon(self) -> None:
         """The worker never started (dropped from the queue): finish without it."""
-        self.stopped = True
-        self._finished()
+        self._run.abandon()

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ._labels_writer import LabelsWriter
-from ._workers import CancelHandle, Failure
+from ._worker_run import WorkerRun
+from ._workers import CancelHandle
 
 __all__ = ["PropagationRun"]
 
@@ -44,30 +45,24 @@ class PropagationRun:
         on_done: Callable[[PropagationRun, bool], None],
         on_error: Callable[[BaseException], None],
     ) -> None:
-        self.worker, self.handle, self.writer, self.total = worker, handle, writer, total
-        self._can_write, self._on_frame, self._on_done = can_write, on_frame, on_done
-        self._on_error = on_error
+        self.writer, self.total = writer, total
+        self._can_write, self._on_frame = can_write, on_frame
         self.done = 0
         self.frames_written: list[int] = []
-        self.stopped = False
-        self.started = False
-        self.finished = False
-        self.error: BaseException | None = None
-        worker.started.connect(self._started)
-        worker.yielded.connect(self._yielded)
-        worker.errored.connect(self._errored)
-        worker.finished.connect(self._finished)
+        self._run = WorkerRun(
+            worker, handle, on_item=self._write, on_done=lambda ok: on_done(self, ok),
+            on_error=on_error, on_start=writer.begin_run, on_end=writer.end_run,
+        )
 
-    def _started(self) -> None:
-        self.started = True
-        self.writer.begin_run()
+    worker = property(lambda self: self._run.worker)
+    handle = property(lambda self: self._run.handle)
+    started = property(lambda self: self._run.started)
+    finished = property(lambda self: self._run.finished)
+    stopped = property(lambda self: self._run.stopped)
+    error = property(lambda self: self._run.error)
 
-    def _yielded(self, item: Any) -> None:
-        if isinstance(item, Failure):
-            self.error = item.error
-            self._on_error(item.error)
-            return
-        if self.stopped or self.finished:
+    def _write(self, item: Any) -> None:
+        if self.stopped:
             return
         frame_idx, masks = item
         if not self._can_write():
@@ -75,36 +70,17 @@ class PropagationRun:
         try:
             self.writer.write(frame_idx, masks)
         except ValueError as err:  # the labels layer cannot take these values: stop here
-            self.error = err
-            self._on_error(err)
+            self._run.fail(err)
             self.cancel()
             return
         self.done += 1
         self.frames_written.append(frame_idx)
         self._on_frame(frame_idx, self.done)
 
-    def _errored(self, exc: BaseException) -> None:
-        self.error = exc
-
     def cancel(self) -> None:
         """Stop after the current frame; nothing more is written from now on."""
-        self.stopped = True
-        self.handle.cancel()
-        if self.started and not self.finished:
-            self.worker.quit()
-
-    def _finished(self) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        self.writer.end_run()
-        try:
-            self.handle.close()
-        except Exception:  # noqa: BLE001 - closing must never break the widget
-            pass
-        self._on_done(self, not self.stopped and self.error is None)
+        self._run.cancel()
 
     def abandon(self) -> None:
         """The worker never started (dropped from the queue): finish without it."""
-        self.stopped = True
-        self._finished()
+        self._run.abandon()

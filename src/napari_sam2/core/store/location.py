@@ -35,6 +35,7 @@ __all__ = [
     "default_root",
     "default_store_path",
     "evict",
+    "format_bytes",
     "list_stores",
 ]
 
@@ -55,6 +56,15 @@ def budget_bytes() -> int:
     if not gb >= 0:
         raise ValueError(f"${BUDGET_ENV} must be >= 0, got {env!r}")
     return int(gb * 1e9)
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes for people, in powers of 1000 as disks are sold: ``"2.4 GB"``."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 def default_store_path(identity: dict[str, Any]) -> Path:
