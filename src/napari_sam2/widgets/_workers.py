@@ -140,12 +140,11 @@ def apply_worker(session: SegmentationSession, changes: Mapping[Key, Any]) -> An
     return create_worker(_apply, session, dict(changes), _start_thread=False, _ignore_errors=True)
 
 
-def _propagate(
-    session: SegmentationSession, direction: str, frame_range: tuple[int, int] | None,
-    handle: CancelHandle,
-) -> Iterator[FrameMasks]:
+def _drive(handle: CancelHandle, gen: Iterator[Any]) -> Iterator[Any]:
+    """Yield what ``gen`` yields until it ends or ``handle`` is cancelled, then close it;
+    an exception is yielded as a :class:`Failure`. ``handle.generator`` names ``gen`` while
+    it runs, so that the main thread can close it if the worker is left suspended."""
     try:
-        gen = session.propagate(direction, frame_range, should_stop=lambda: handle.cancelled)
         handle.generator = gen
         for item in gen:
             yield item
@@ -155,6 +154,18 @@ def _propagate(
     except Exception as err:  # noqa: BLE001 - reported by the widget
         yield Failure(err)
     handle.generator = None
+
+
+def _propagate(
+    session: SegmentationSession, direction: str, frame_range: tuple[int, int] | None,
+    handle: CancelHandle,
+) -> Iterator[FrameMasks]:
+    try:
+        gen = session.propagate(direction, frame_range, should_stop=lambda: handle.cancelled)
+    except Exception as err:  # noqa: BLE001 - reported by the widget
+        yield Failure(err)
+        return
+    yield from _drive(handle, gen)
 
 
 def propagate_worker(
@@ -182,15 +193,10 @@ def _precompute(
 
     try:
         gen = session.precompute(should_stop=stop)
-        handle.generator = gen
-        for item in gen:
-            yield item
-            if handle.cancelled:
-                break
-        gen.close()
     except Exception as err:  # noqa: BLE001 - reported by the widget
         yield Failure(err)
-    handle.generator = None
+        return
+    yield from _drive(handle, gen)
 
 
 def precompute_worker(
