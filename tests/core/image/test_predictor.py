@@ -224,6 +224,10 @@ def test_from_pretrained(official_checkpoint) -> None:
     )
     assert pred.model.image_size == SIZE and pred.mask_threshold == 0.5
     assert pred._transforms.max_hole_area == 8 and not pred.is_image_set
+    from napari_sam2.models.build import build_model
+
+    # the precision is the device's own by default, as everywhere else
+    assert pred.model.precision == build_model(CONFIG, image_size=SIZE).precision
 
 
 # ----------------------------------------------------------------------------- clean-up

@@ -173,7 +173,7 @@ class SAM2AutomaticMaskGenerator:
         device: str | torch.device | None = "auto",
         image_size: int | None = None,
         progress: bool = True,
-        precision: str = "fast",
+        precision: str = "auto",
         **options: Any,
     ) -> SAM2AutomaticMaskGenerator:
         """Load an official model (``"sam2.1_hiera_tiny"``, ``"facebook/sam2.1-hiera-tiny"``,

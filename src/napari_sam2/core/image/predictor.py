@@ -95,7 +95,7 @@ class SAM2ImagePredictor:
         device: str | torch.device | None = "auto",
         image_size: int | None = None,
         progress: bool = True,
-        precision: str = "fast",
+        precision: str = "auto",
         **kwargs: Any,
     ) -> SAM2ImagePredictor:
         """Load a model (official name such as ``"sam2.1_hiera_tiny"`` / Hugging Face id

@@ -159,7 +159,7 @@ class SAM2VideoPredictor:
         device: str | torch.device | None = "auto",
         image_size: int | None = None,
         progress: bool = True,
-        precision: str = "fast",
+        precision: str = "auto",
         **kwargs: Any,
     ) -> SAM2VideoPredictor:
         """Load a model (official name such as ``"sam2.1_hiera_tiny"``, Hugging Face id
