@@ -156,20 +156,27 @@ class FeatureStore:
 
 
 def stack_identity(frames: FrameSource) -> dict[str, Any]:
-    """What names a stack across sessions: its path if it was opened from one, else its
-    shape, dtype and first frame's signature; plus the axes followed."""
-    identity: dict[str, Any] = {
+    """What names a stack across sessions and programs: its shape, dtype and the axes
+    followed, and the signatures of its first, middle and last frames.
+
+    The pixels, not the file name: a stack embedded by ``napari-sam2 embed stack.tif`` and the
+    same file opened in napari (an array then) find the same default store, and so does a
+    moved or renamed file. Two stacks that share these three frames share a store, which is
+    safe: every frame is checked against its own signature before its features are used.
+    """
+    from ..stacks.source import frame_read_lock
+
+    n = frames.num_frames
+    with frame_read_lock(frames):
+        signatures = [frame_signature(frames.read_raw(i)) for i in sorted({0, n // 2, n - 1})]
+    return {
         "shape": [int(s) for s in frames.shape],
         "dtype": str(frames.dtype),
         "frame_axis": int(frames.frame_axis),
         "channel_axis": frames.channel_axis,
         "position": {str(k): int(v) for k, v in sorted(frames.position.items())},
+        "frames": signatures,
     }
-    if frames.path is not None:
-        identity["path"] = frames.path
-    else:
-        identity["first_frame"] = frame_signature(frames.read_raw(0))
-    return identity
 
 
 def _open(
