@@ -81,6 +81,10 @@ def test_a_stack_embedded_on_the_command_line_opens_encoded(loaded, qtbot, tmp_p
     assert done.returncode == 0 and "5/5 frames stored" in done.stderr, done.stderr
     # the same file opened in napari is an array: it finds the store by its pixels
     viewer, widget = loaded(tifffile.imread(path))
+    widget.add_point((1, 30, 27))  # with the layer's contrast limits: other features
+    wait_idle(qtbot, widget)
+    assert widget.store_status.startswith("1/5 slices encoded")
+    assert widget.store_status.endswith("; 5 stored with another contrast")
     widget.controller.contrast_mode = "auto"  # the stack's percentiles, as on the command line
     calls = _count_encodings(widget)
     with qtbot.waitSignal(widget.controller.precompute_running, timeout=120_000,

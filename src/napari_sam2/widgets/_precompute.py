@@ -13,18 +13,25 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.store.location import format_bytes
+from ._session import StoreStatus
 from ._worker_run import WorkerRun
 from ._workers import CancelHandle
 
 __all__ = ["PrecomputeRun", "describe_store"]
 
 
-def describe_store(status: tuple[int, int, int] | None) -> str:
-    """The status line: ``"312/312 slices encoded (cache: 2.4 GB)"``."""
+def describe_store(status: StoreStatus | None) -> str:
+    """The status line: ``"312/312 slices encoded (cache: 2.4 GB)"``, and when frames are
+    stored only under other settings, which ones (so a user who embedded the stack with
+    another contrast or model learns why it is encoded again)."""
     if status is None:
         return "embeddings: not stored on disk"
-    done, total, size = status
-    return f"{done}/{total} slices encoded (cache: {format_bytes(size)})"
+    text = (f"{status.stored}/{status.frames} slices encoded "
+            f"(cache: {format_bytes(status.size_bytes)})")
+    if status.stored < status.frames and status.other_stored > status.stored:
+        settings = " and ".join(status.other_differences) or "settings"
+        text += f"; {status.other_stored} stored with another {settings}"
+    return text
 
 
 class PrecomputeRun:

@@ -26,6 +26,7 @@ widget runs one at a time. Scripts and tests can drain them directly.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,25 @@ def _obj_masks(
             m = m.detach().cpu().numpy() if hasattr(m, "detach") else np.asarray(m)
             out[obj] = np.asarray(m).reshape(m.shape[-2:]) > 0
     return out
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    """What a stack's embedding store holds.
+
+    Attributes:
+        stored: frames stored for the settings in use.
+        frames: frames in the stack.
+        size_bytes: the store's size on disk (every key).
+        other_stored: frames stored under the other key with the most of them (0: none).
+        other_differences: how that key's settings differ (``("contrast",)``).
+    """
+
+    stored: int
+    frames: int
+    size_bytes: int
+    other_stored: int = 0
+    other_differences: tuple[str, ...] = ()
 
 
 class SegmentationSession:
@@ -231,16 +251,24 @@ class SegmentationSession:
         """Whether the predictor state (and the store) were opened."""
         return self._state is not None
 
-    def store_status(self) -> tuple[int, int, int] | None:
-        """``(frames stored, frames, bytes on disk)`` of the stack's embedding store, or
-        ``None`` before the state is opened or without a store."""
+    def store_status(self) -> StoreStatus | None:
+        """What the stack's embedding store holds, or ``None`` before the state is opened or
+        without a store."""
         state = self._state
         store = getattr(state, "store", None)
         if store is None:
             return None
         from ..core.store.embedding_store import folder_size
+        from ..core.store.key import key_differences
 
-        return int(store.complete().sum()), self.num_frames, folder_size(store.store.path)
+        current = store.store
+        others = current.other_keys()
+        other_stored, differences = 0, ()
+        if others:
+            other_stored = others[0][1]
+            differences = tuple(key_differences(current.key, others[0][0]))
+        return StoreStatus(int(store.complete().sum()), self.num_frames,
+                           folder_size(current.path), other_stored, differences)
 
     def expected_items(self, direction: str, frame_range: tuple[int, int] | None) -> int:
         """How many frames :meth:`propagate` will yield (for a progress bar): with ``"both"``

@@ -507,6 +507,25 @@ class EmbeddingStore:
             return np.zeros((self.key.num_frames, 2), dtype=np.uint64)
         return self._signatures[:]
 
+    def other_keys(self) -> list[tuple[StoreKey, int]]:
+        """The other keys' features in this store: ``(key, frames stored)`` each, most frames
+        first (e.g. the same stack embedded with another contrast or model)."""
+        out = []
+        try:
+            children = [c for c in self.path.iterdir() if c.is_dir() and c != self.variant]
+        except OSError:
+            return []
+        for child in children:
+            try:
+                key = StoreKey.from_json(_read_json(child / "zarr.json")["attributes"]
+                                         ["napari_sam2"]["key"])
+                count = sum(1 for _ in os.scandir(child / "signature" / "c"))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if count:
+                out.append((key, count))
+        return sorted(out, key=lambda item: -item[1])
+
     # ------------------------------------------------------------------ bookkeeping
     def touch(self, force: bool = False) -> None:
         """Mark the key's features as used now (the cache evicts the least recently used);

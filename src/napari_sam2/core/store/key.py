@@ -130,3 +130,19 @@ class StoreKey:
         record = self.to_json()
         record.pop("labels")
         return digest(record)
+
+
+# What a difference between two keys means to the person who chose the settings.
+_SETTING_NAMES = {
+    "encoder": "model", "precision": "precision", "input": "input path",
+    "normalization": "contrast", "frame_shape": "frame size", "num_frames": "frame count",
+    "format": "store format", "package": "napari-sam2 version",
+}
+
+
+def key_differences(a: StoreKey, b: StoreKey) -> list[str]:
+    """The settings in which ``a`` and ``b`` differ, in words (``["contrast", "model"]``);
+    empty for keys of the same features."""
+    ra, rb = a.to_json(), b.to_json()
+    return [name for field_, name in _SETTING_NAMES.items() if ra.get(field_) != rb.get(field_)]
+
