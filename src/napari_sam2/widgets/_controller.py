@@ -727,14 +727,15 @@ class WidgetController(QObject):
             self._labels = None
         elif self._prompts is not None and self._prompts.forget(layer):
             what = f"The prompt layer {layer.name!r} was deleted"
-        if what is not None and self._run is not None:
-            self.cancel()
+        if what is not None and self._run is not None and not self._run.stopped:
+            self.cancel()  # one warning: the other layers going too (a closing viewer) add none
             self.notice.emit("warning", f"{what}; the propagation was stopped.")
         if self._image is not None and layer == self._image:
             self._drop_image()
         self.layers_changed.emit()
 
     def _drop_image(self) -> None:
+        self.cancel_precompute()  # its slices belong to the image that went
         if self._prompts is not None:
             self._prompts.disconnect()
         self._prompt_sets.pop(self._image.unique_id, None)
