@@ -143,13 +143,28 @@ def test_unknown_device_is_refused_before_loading(official_checkpoint) -> None:
 def test_official_name_uses_the_cache(tmp_path: Path, monkeypatch, official_checkpoint) -> None:
     """An official name resolves through the cache directory, so a file placed there works
     offline."""
+    import dataclasses
+    import hashlib
+
     monkeypatch.setenv("NAPARI_SAM2_CACHE", str(tmp_path))
     data = official_checkpoint("sam2.1_hiera_t").read_bytes()
     (tmp_path / "sam2.1_hiera_tiny.pt").write_bytes(data)
+    # these test weights stand for the official file: pin their digest in its place
+    pinned = dataclasses.replace(checkpoints.REGISTRY["sam2.1_hiera_tiny"],
+                                 sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    monkeypatch.setitem(checkpoints.REGISTRY, "sam2.1_hiera_tiny", pinned)
     model = load_model("sam2.1_hiera_tiny", device="cpu", image_size=256)
     assert model.image_size == 256
     model = load_model("facebook/sam2.1-hiera-tiny", device="cpu", image_size=256)
     assert model.image_size == 256
+    # a file under the official name that is not the official file is never loaded
+    monkeypatch.setitem(checkpoints.REGISTRY, "sam2.1_hiera_tiny",
+                        dataclasses.replace(pinned, sha256="0" * 64))
+    monkeypatch.setattr("napari_sam2.models.download._download",
+                        lambda *a, **k: (_ for _ in ()).throw(
+                            checkpoints.CheckpointError("offline")))
+    with pytest.raises(CheckpointError, match="offline"):
+        load_model("sam2.1_hiera_tiny", device="cpu", image_size=256)
 
 
 def test_corrupt_cached_official_file_is_removed(tmp_path: Path, monkeypatch) -> None:

@@ -122,7 +122,7 @@ def test_download_with_progress_bar(server: _Server, cache: Path, capsys) -> Non
     )
     assert path == cache / NAME
     assert path.read_bytes() == PAYLOAD
-    assert _contents(cache) == [NAME]  # no .part / .lock leftovers
+    assert _contents(cache) == [".verified.json", NAME]  # no .part / .lock leftovers
     err = capsys.readouterr().err
     assert NAME in err and "100%" in err  # tqdm bar drawn on stderr
 
@@ -268,7 +268,7 @@ def test_concurrent_downloads_fetch_once(server: _Server, cache: Path) -> None:
     assert not errors
     assert results == [cache / NAME] * 2
     assert len(server.hits) == 1
-    assert _contents(cache) == [NAME]
+    assert _contents(cache) == [".verified.json", NAME]
 
 
 def test_file_url(tmp_path: Path, cache: Path) -> None:
@@ -282,3 +282,51 @@ def test_file_url(tmp_path: Path, cache: Path) -> None:
 def test_filename_must_be_bare(bad: str, cache: Path) -> None:
     with pytest.raises(ValueError):
         fetch_checkpoint("http://127.0.0.1:1/x", bad, cache_dir=cache)
+
+
+def test_a_verified_file_is_hashed_again_only_when_it_changes(
+    server: _Server, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    hashed: list[str] = []
+    real = pooch.file_hash
+    monkeypatch.setattr(pooch, "file_hash", lambda p, alg: hashed.append(p) or real(p, alg=alg))
+    kwargs = dict(known_hash=SHA256, expected_size=len(PAYLOAD), cache_dir=cache, progress=False)
+    path = fetch_checkpoint(server.url("ok"), NAME, **kwargs)
+    assert len(hashed) == 1  # the download
+    for _ in range(3):
+        fetch_checkpoint(server.url("ok"), NAME, **kwargs)
+    assert len(hashed) == 1 and len(server.hits) == 1  # remembered by size and mtime
+    path.write_bytes(b"\0" * len(PAYLOAD))  # replaced in place: same size, new mtime
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert fetch_checkpoint(server.url("ok"), NAME, **kwargs).read_bytes() == PAYLOAD
+    # caught (checked before and again under the download lock), fetched again, checked
+    assert len(hashed) == 4 and len(server.hits) == 2
+
+
+def test_official_checkpoints_are_pinned_and_a_mismatch_is_refused(
+    server: _Server, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from napari_sam2.models import checkpoints
+
+    for info in checkpoints.REGISTRY.values():
+        assert len(info.sha256 or "") == 64 and info.size and info.size > 100e6, info
+    assert checkpoints.REGISTRY["sam2.1_hiera_tiny"].sha256 == (
+        "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69")
+    # the official tiny file, served by a local server that hands out other bytes (of the
+    # pinned size scaled down: the digest is what must catch it)
+    info = checkpoints.REGISTRY["sam2.1_hiera_tiny"]
+    url = server.url("ok").rsplit("/", 1)[0] + "/sam2.1_hiera_tiny.pt"
+    served = dataclasses.replace(info, url=url, size=len(PAYLOAD))
+    monkeypatch.setitem(checkpoints.REGISTRY, "sam2.1_hiera_tiny", served)
+    monkeypatch.setenv("NAPARI_SAM2_CACHE", str(cache))
+    with pytest.raises(CheckpointIntegrityError) as info_:
+        checkpoints.checkpoint_path("sam2.1_hiera_tiny", progress=False)
+    message = str(info_.value)
+    assert "sam2.1_hiera_tiny.pt" in message and info.sha256 in message
+    assert "removed" in message and "try again" in message
+    assert [p for p in _contents(cache) if p.endswith(".pt") or ".part" in p] == []
+

@@ -58,11 +58,36 @@ class CheckpointInfo:
         return self.url.rsplit("/", 1)[-1]
 
 
+# SHA-256 and size of each official file, as published with the files (the Hugging Face LFS
+# pointers of facebook/sam2*-hiera-*) and agreed by other SAM 2 tools; every download and every
+# cached file is checked against them before its first use.
+_PINNED: dict[str, tuple[str, int]] = {
+    "sam2.1_hiera_tiny": (
+        "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69", 156008466),
+    "sam2.1_hiera_small": (
+        "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38", 184416285),
+    "sam2.1_hiera_base_plus": (
+        "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5", 323606802),
+    "sam2.1_hiera_large": (
+        "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318", 898083611),
+    "sam2_hiera_tiny": (
+        "65b50056e05bcb13694174f51bb6da89c894b57b75ccdf0ba6352c597c5d1125", 155906050),
+    "sam2_hiera_small": (
+        "95949964d4e548409021d47b22712d5f1abf2564cc0c3c765ba599a24ac7dce3", 184309650),
+    "sam2_hiera_base_plus": (
+        "d0bb7f236400a49669ffdd1be617959a8b1d1065081789d7bbff88eded3a8071", 323493298),
+    "sam2_hiera_large": (
+        "7442e4e9b732a508f80e141e7c2913437a3610ee0c77381a66658c3a445df87b", 897952466),
+}
+
+
 def _entry(version: str, size: str, short: str, size_mb: int) -> CheckpointInfo:
     folder = "092824" if version == "sam2.1" else "072824"
     name = f"{version}_hiera_{size}"
+    sha256, n_bytes = _PINNED[name]
     return CheckpointInfo(
-        name, f"{version}_hiera_{short}", f"{_BASE_URL}/{folder}/{name}.pt", size_mb
+        name, f"{version}_hiera_{short}", f"{_BASE_URL}/{folder}/{name}.pt", size_mb,
+        sha256=sha256, size=n_bytes,
     )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import logging
 import os
 import shutil
@@ -166,19 +167,57 @@ def _split_hash(known_hash: str) -> tuple[str, str]:
     return alg.strip().lower(), value.strip().lower()
 
 
+_VERIFIED = ".verified.json"  # in the cache folder: files whose hash was checked
+
+
 def _is_valid(path: Path, known_hash: str | None, expected_size: int | None) -> bool:
-    """Whether ``path`` exists and has the expected size and hash."""
+    """Whether ``path`` exists and has the expected size and hash.
+
+    A file's hash is computed once: the result is remembered (in ``.verified.json`` beside
+    it) with the file's size and modification time, so loading a 900 MB checkpoint again
+    does not read it twice; a file that is replaced or touched is hashed again.
+    """
     try:
         if not path.is_file():
             return False
-        if expected_size is not None and path.stat().st_size != expected_size:
+        stat = path.stat()
+        if expected_size is not None and stat.st_size != expected_size:
             return False
-        if known_hash is not None:
-            alg, value = _split_hash(known_hash)
-            return pooch.file_hash(str(path), alg=alg) == value
+        if known_hash is None:
+            return True
+        alg, value = _split_hash(known_hash)
+        seen = [stat.st_size, stat.st_mtime_ns, f"{alg}:{value}"]
+        memo = _read_verified(path.parent)
+        if memo.get(path.name) == seen:
+            return True
+        if pooch.file_hash(str(path), alg=alg) != value:
+            return False
+        memo[path.name] = seen
+        _write_verified(path.parent, memo)
+        return True
     except OSError:
         return False
-    return True
+
+
+def _read_verified(directory: Path) -> dict[str, Any]:
+    try:
+        with open(directory / _VERIFIED, encoding="utf-8") as f:
+            memo = json.load(f)
+        return memo if isinstance(memo, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_verified(directory: Path, memo: dict[str, Any]) -> None:
+    """Best effort (a read-only cache just hashes again next time); atomic."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f"{_VERIFIED}.", suffix=".tmp", dir=directory)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(memo, f)
+        os.replace(tmp, directory / _VERIFIED)
+    except OSError:
+        with contextlib.suppress(OSError, UnboundLocalError):
+            os.unlink(tmp)
 
 
 def _download(
@@ -249,6 +288,11 @@ def _download(
                 )
         os.chmod(tmp, 0o644)  # mkstemp makes it 0600; keep shared caches readable
         os.replace(tmp, target)
+        if known_hash is not None:  # checked just now: not read again on first use
+            stat = target.stat()
+            memo = _read_verified(target.parent)
+            memo[name] = [stat.st_size, stat.st_mtime_ns, f"{alg}:{value}"]
+            _write_verified(target.parent, memo)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
