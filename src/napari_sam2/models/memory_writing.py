@@ -55,6 +55,7 @@ class MemoryWritingMixin(nn.Module):
         pred_masks_high_res: torch.Tensor,
         object_score_logits: torch.Tensor,
         is_mask_from_pts: bool,
+        binarize_mask_from_pts: bool | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Encode the frame features and a predicted mask into a spatial memory.
 
@@ -64,7 +65,8 @@ class MemoryWritingMixin(nn.Module):
             pred_masks_high_res: ``B×1×S×S`` mask logits at the model's input size.
             object_score_logits: ``B×1`` object-presence logits.
             is_mask_from_pts: the mask came from clicks (binarised in eval mode when
-                ``binarize_mask_from_pts_for_mem_enc``).
+                ``binarize_mask_from_pts``).
+            binarize_mask_from_pts: ``None`` reads ``binarize_mask_from_pts_for_mem_enc``.
 
         Returns:
             ``(maskmem_features, maskmem_pos_enc)``: a ``B×C_mem×h×w`` memory and a list holding
@@ -77,7 +79,9 @@ class MemoryWritingMixin(nn.Module):
         masks = pred_masks_high_res
         if self.non_overlap_masks_for_mem_enc and not self.training:
             masks = self._apply_non_overlapping_constraints(masks)
-        if self.binarize_mask_from_pts_for_mem_enc and is_mask_from_pts and not self.training:
+        if binarize_mask_from_pts is None:
+            binarize_mask_from_pts = self.binarize_mask_from_pts_for_mem_enc
+        if binarize_mask_from_pts and is_mask_from_pts and not self.training:
             mask_for_mem = (masks > 0).float()  # exactly what the user saw
         else:
             mask_for_mem = torch.sigmoid(masks)

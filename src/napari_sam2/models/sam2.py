@@ -316,6 +316,7 @@ class SAM2Base(SamHeadsMixin, MemoryConditioningMixin, MemoryWritingMixin, nn.Mo
         high_res_masks: torch.Tensor,
         object_score_logits: torch.Tensor,
         current_out: dict[str, Any],
+        binarize_mask_from_pts: bool | None = None,
     ) -> None:
         """Set ``maskmem_features`` and ``maskmem_pos_enc`` of ``current_out`` (``None``:
         skipped)."""
@@ -326,6 +327,7 @@ class SAM2Base(SamHeadsMixin, MemoryConditioningMixin, MemoryWritingMixin, nn.Mo
                 pred_masks_high_res=high_res_masks,
                 object_score_logits=object_score_logits,
                 is_mask_from_pts=point_inputs is not None,
+                binarize_mask_from_pts=binarize_mask_from_pts,
             )
             current_out["maskmem_features"] = features
             current_out["maskmem_pos_enc"] = pos_enc
@@ -347,6 +349,8 @@ class SAM2Base(SamHeadsMixin, MemoryConditioningMixin, MemoryWritingMixin, nn.Mo
         track_in_reverse: bool = False,
         run_mem_encoder: bool = True,
         prev_sam_mask_logits: torch.Tensor | None = None,
+        *,
+        binarize_mask_from_pts: bool | None = None,
     ) -> dict[str, Any]:
         """Segment one frame from its prompts and the memory bank, optionally encoding its memory.
 
@@ -364,6 +368,10 @@ class SAM2Base(SamHeadsMixin, MemoryConditioningMixin, MemoryWritingMixin, nn.Mo
             track_in_reverse: tracking runs towards lower frame indices.
             run_mem_encoder: also encode this frame's memory.
             prev_sam_mask_logits: ``B×1×4h×4w`` logits fed with new clicks as a mask prompt.
+            binarize_mask_from_pts: encode the memory of a prompted frame from its 0/1 mask
+                (SAM 2's video setting) rather than its sigmoid; ``None``: the network's
+                ``binarize_mask_from_pts_for_mem_enc``. Lets a video predictor use its own
+                setting on a network built for images, without changing the network.
 
         Returns:
             A dict with ``point_inputs`` and ``mask_inputs`` (as given), ``pred_masks``
@@ -398,5 +406,6 @@ class SAM2Base(SamHeadsMixin, MemoryConditioningMixin, MemoryWritingMixin, nn.Mo
             sam_outputs.high_res_masks,
             sam_outputs.object_score_logits,
             current_out,
+            binarize_mask_from_pts,
         )
         return current_out

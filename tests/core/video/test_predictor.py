@@ -588,3 +588,36 @@ def test_init_state_sources_and_from_pretrained(official_checkpoint, tmp_path):
     source.close()
     with pytest.raises(ValueError, match="once"):
         predictor.init_state(grey, video_path="x")
+
+
+def test_a_network_loaded_for_images_tracks_with_the_video_settings(official_checkpoint):
+    """SAM 2's video predictor binarises the masks of prompted frames before encoding their
+    memory. Ours applies that itself: a network loaded without ``video=True`` (shared, say,
+    with an image predictor) tracks exactly like the reference's video predictor, and is
+    left as it was."""
+    from tests.conftest import realistic_weights
+
+    path = official_checkpoint("sam2.1_hiera_t", 256)
+    ref = build_sam.build_sam2_video_predictor(
+        reference_config_name("sam2.1_hiera_t"), ckpt_path=str(path), device="cpu",
+        hydra_overrides_extra=["++model.image_size=256"],
+    )
+    ref.fill_hole_area = 0
+    image_model = load_model(path, config="sam2.1_hiera_t", device="cpu", image_size=256,
+                             precision="fast")
+    for m in (ref, image_model):
+        realistic_weights(m)  # present objects, logits of a trained model's size
+    assert not image_model.binarize_mask_from_pts_for_mem_enc and image_model.fill_hole_area == 0
+    predictor = SAM2VideoPredictor(image_model, fill_hole_area=0, store=False)
+    frames = make_frames(4)
+    rs, st = ref_init_state(ref.eval(), frames), predictor.init_state(frames)
+    args = dict(points=click(0, 0, 256, 256), labels=[1])
+    compare("image network", ref.add_new_points_or_box(rs, 0, 1, **args),
+            predictor.add_new_points_or_box(st, 0, 1, **args))
+    ref_run, our_run = list(ref.propagate_in_video(rs)), list(predictor.propagate_in_video(st))
+    for a, b in zip(ref_run, our_run):
+        assert (b[2] > 0).any() and (b[2] < 0).any()  # a real mask, not "absent"
+        compare("image network", a, b)
+    assert not image_model.binarize_mask_from_pts_for_mem_enc  # not changed
+    assert SAM2VideoPredictor(image_model).fill_hole_area == 8  # the video default
+    st.close()

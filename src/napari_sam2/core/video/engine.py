@@ -31,6 +31,9 @@ __all__ = ["Output", "TrackingEngine"]
 
 #: ``(frame_idx, obj_ids, num_objects×1×H×W mask logits)``, as SAM 2's predictor yields.
 Output = tuple[int, list[Hashable], torch.Tensor]
+#: SAM 2's video predictor encodes a prompted frame's memory from the 0/1 mask the user saw;
+#: the engine applies it to any network, also one built with the image settings.
+VIDEO_BINARIZE_MASK_FROM_PTS = True
 #: One pass of a propagation: the frames in order, and whether it runs in reverse.
 Pass = tuple[range, bool]
 
@@ -97,6 +100,7 @@ class TrackingEngine:
             track_in_reverse=reverse,
             run_mem_encoder=run_mem_encoder,
             prev_sam_mask_logits=prev_sam_mask_logits,
+            binarize_mask_from_pts=VIDEO_BINARIZE_MASK_FROM_PTS,
         )
         storage = state.storage_device
         memory = out["maskmem_features"]
@@ -130,6 +134,7 @@ class TrackingEngine:
             pred_masks_high_res=high_res_masks,
             object_score_logits=object_score_logits.to(state.device),
             is_mask_from_pts=is_mask_from_pts,
+            binarize_mask_from_pts=VIDEO_BINARIZE_MASK_FROM_PTS,
         )
         features = features.to(torch.bfloat16).to(state.storage_device)
         return features, state.results.shared_pos_enc(pos_enc)

@@ -29,6 +29,9 @@ with the same arguments and return shapes, and gives the same numbers. Differenc
 * hole filling (``fill_hole_area``) runs on any device (SAM 2 skips it without its CUDA
   extension); ``clear_non_cond_mem_around_input`` clears the prompted object's memory (in
   ``sam2==1.1.0`` that option fails with an ``AttributeError``);
+* the predictor applies SAM 2's video settings (binarised memories of prompted frames, hole
+  filling) to any network, also one loaded for images, without changing it (SAM 2 reads them
+  from the network, and one built for images silently tracks with other memories);
 * ``propagate_in_video`` checks its arguments when called (errors surface at the call, not at
   the first iteration); the memory encoding of new prompts still happens on the first step.
 
@@ -66,6 +69,8 @@ if TYPE_CHECKING:
 
 __all__ = ["SAM2VideoPredictor", "UnknownObjectError", "VideoInferenceState"]
 
+#: SAM 2's video predictor's hole filling, applied whatever settings the network was built with.
+VIDEO_FILL_HOLE_AREA = 8
 _PREDICTOR_STORE = object()  # init_state's default: the predictor's own store setting
 
 
@@ -91,7 +96,10 @@ class SAM2VideoPredictor:
         model: a SAM 2 network (:func:`napari_sam2.models.checkpoints.load_model` with
             ``video=True``), in eval mode.
         fill_hole_area: fill background holes of at most this many low-res pixels in every
-            mask (default: ``model.fill_hole_area``, 8 for video models; 0 disables).
+            mask (default 8, SAM 2's video setting, also for a network loaded without
+            ``video=True``; 0 disables). The predictor owns its video settings: it also
+            encodes a prompted frame's memory from its binarised mask, as SAM 2's video
+            predictor does, and never changes the network it is given.
         non_overlap_masks: give each pixel of the returned masks to one object at most.
         clear_non_cond_mem_around_input: after a prompt, forget that object's tracked results
             within ``num_maskmem`` frames of it.
@@ -130,7 +138,7 @@ class SAM2VideoPredictor:
                 f"model must be a SAM 2 network (SAM2Base), got {type(model).__name__}."
             )
         self.model = model
-        area = getattr(model, "fill_hole_area", 0) if fill_hole_area is None else fill_hole_area
+        area = VIDEO_FILL_HOLE_AREA if fill_hole_area is None else fill_hole_area
         if isinstance(area, bool) or not isinstance(area, int) or area < 0:
             raise ValueError(f"fill_hole_area must be an integer >= 0, got {area!r}.")
         self.encoder = FrameEncoder(model, feature_cache_size, feature_cache_mib)
