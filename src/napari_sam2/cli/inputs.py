@@ -23,13 +23,15 @@ __all__ = [
 @contextlib.contextmanager
 def input_errors(what: str) -> Iterator[None]:
     """Turn errors reading user input into :class:`UsageError` (exit 2)."""
+    from ..core.stacks.frame_memory import FrameTooLargeError
     from ..core.stacks.source import FrameReadError
 
     try:
         yield
     except UsageError:
         raise
-    except (OSError, ValueError, TypeError, IndexError, FrameReadError) as err:
+    except (OSError, ValueError, TypeError, IndexError, FrameReadError,
+            FrameTooLargeError) as err:
         raise UsageError(f"{what}: {one_line(err)}" if what else one_line(err)) from err
 
 

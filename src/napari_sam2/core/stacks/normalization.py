@@ -213,7 +213,11 @@ def normalize_image(
     normalization:
         The resolved :class:`Normalization` that produced ``rgb``.
     """
+    from .frame_memory import check_frame_fits
+
     normalization = _settings(normalization, channel_axis, channels, contrast_limits, percentiles)
+    if hasattr(image, "shape") and hasattr(image, "dtype"):
+        check_frame_fits(image.shape, image.dtype, "image")  # before anything is allocated
     image = np.asarray(image)
     resolved = normalization.resolve(image)
     return _apply(resolved, image, "image"), resolved

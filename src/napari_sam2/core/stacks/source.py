@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from .frame_memory import check_frame_fits
 from .layout import FrameLayout, resolve_layout
 from .normalization import Normalization, _apply
 from .readers import SequenceArray, open_path
@@ -169,6 +170,7 @@ class FrameSource:
         if n == 0:
             raise ValueError(f"the stack has no frames along frame_axis={layout.frame_axis}")
         self._layout = layout
+        check_frame_fits(layout.raw_frame_shape, data.dtype, "frame")  # before any read
         self._view = _FrameView(data, layout, n, self._name)
         max_sample = kwargs.pop("max_sample_frames", 16)
         fca = layout.frame_channel_axis
