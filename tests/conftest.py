@@ -21,6 +21,22 @@ def pytest_configure(config: pytest.Config) -> None:
         ) from None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_folder(tmp_path_factory: pytest.TempPathFactory):
+    """The whole run's cache (runs in progress, records of temporary files, measurements)
+    in a folder of its own, never the user's; a test may set its own."""
+    import os
+
+    folder = tmp_path_factory.mktemp("cache")
+    before = os.environ.get("NAPARI_SAM2_CACHE")
+    os.environ["NAPARI_SAM2_CACHE"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("NAPARI_SAM2_CACHE", None)
+    else:
+        os.environ["NAPARI_SAM2_CACHE"] = before
+
+
 @pytest.fixture(autouse=True)
 def _embedding_stores(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     """Each test's default embedding stores in a folder of its own (never the user's cache,

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -101,9 +101,16 @@ def _load(
     )
 
 
+def _remove_stale() -> None:
+    from .core.scratch import remove_stale
+
+    remove_stale()  # once per process: what a killed run of ours left behind
+
+
 def _image_predictor(
     model: Any, config: Any, device: Any, image_size: Any, precision: str | None
 ) -> SAM2ImagePredictor:
+    _remove_stale()
     from .core.image.predictor import SAM2ImagePredictor
 
     net = _load(model, config, device, image_size, video=False, precision=precision)
@@ -113,6 +120,7 @@ def _image_predictor(
 def _video_predictor(
     model: Any, config: Any, device: Any, image_size: Any, precision: str | None
 ) -> SAM2VideoPredictor:
+    _remove_stale()
     from .core.video.predictor import SAM2VideoPredictor
 
     net = _load(model, config, device, image_size, video=True, precision=precision)
@@ -288,6 +296,7 @@ def track(
     out: np.ndarray | None = None,
     progress: bool = False,
     store: Any = None,
+    on_frame: Callable[[int], None] | None = None,
     **frame_kwargs: Any,
 ) -> np.ndarray:
     """Follow prompted objects through every frame of a stack; return the label volume.
@@ -314,6 +323,9 @@ def track(
         progress: show a tqdm progress bar on stderr.
         store: see the module docstring; a stack encoded before (or precomputed with
             ``napari-sam2 embed``) is not encoded again.
+        on_frame: called with a frame's index once its labels are final in ``out`` (e.g. to
+            save progress); a frame the propagation visits twice (the prompted frame of a
+            ``"both"`` run) is reported each time.
         frame_kwargs: passed to ``init_state`` / ``open_frames`` (``frame_axis``,
             ``channel_axis``, ``position``, ``contrast_limits``, ...).
 
@@ -351,9 +363,13 @@ def track(
             ):
                 labels_from_logits(obj_ids, masks, out=out[frame_idx])
                 written[frame_idx] = True
+                if on_frame is not None:
+                    on_frame(int(frame_idx))
                 bar.update(1)
         for frame_idx in np.flatnonzero(~written):
             out[frame_idx] = 0
+            if on_frame is not None:
+                on_frame(int(frame_idx))
         return out
     finally:
         _close_state(predictor, state)

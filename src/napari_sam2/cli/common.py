@@ -16,6 +16,10 @@ PROG = "napari-sam2"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
+class Terminated(BaseException):
+    """Raised from the SIGTERM handler so that clean-up code runs."""
+
+
 class UsageError(Exception):
     """Bad usage or input (missing file, malformed CSV, ...): exit status 2."""
 

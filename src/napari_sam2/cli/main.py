@@ -38,6 +38,7 @@ from .common import (
     EXIT_TERMINATED,
     EXIT_USAGE,
     PROG,
+    Terminated,
     UsageError,
     add_common_options,
     one_line,
@@ -47,8 +48,6 @@ from .common import (
 __all__ = ["build_parser", "main"]
 
 
-class _Terminated(BaseException):
-    """Raised from the SIGTERM handler so that clean-up code runs."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,13 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    raise _Terminated()
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (argparse usage errors raise SystemExit 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from ..core.scratch import remove_stale
+
+    remove_stale()  # what a killed run of ours left behind
     previous = None
     with contextlib.suppress(ValueError):  # not the main thread: leave SIGTERM alone
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("interrupted")
         return EXIT_INTERRUPTED
-    except _Terminated:
+    except Terminated:
         say("terminated")
         return EXIT_TERMINATED
     except Exception as err:  # noqa: BLE001 - every failure becomes one line (or a traceback)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
-from .common import EXIT_OK, UsageError, add_common_options, say
+from .common import EXIT_OK, Terminated, UsageError, add_common_options, say
 from .inputs import (
     existing_file,
     input_errors,
@@ -14,8 +16,9 @@ from .inputs import (
     read_prompts,
 )
 from .model_options import add_model_options, check_model, load_model
-from .output import AtomicOutput
+from .output import check_output_path
 from .store_options import add_store_options, store_errors, store_spec
+from .track_run import TrackRun
 
 __all__ = ["add_parser", "run"]
 
@@ -33,6 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--boxes", metavar="BOXES.csv", help="napari Shapes CSV of rectangles")
     p.add_argument("--out", required=True, metavar="LABELS.tif", help="output label TIFF")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a run of this same command that was killed or interrupted")
     p.add_argument("--direction", choices=("forward", "backward", "both"), default="both",
                    help="track towards later frames, earlier frames or both (default: both)")
     p.add_argument("--range", metavar="A:B", help="only frames A to B-1 (python slice)")
@@ -86,34 +91,57 @@ def run(args: argparse.Namespace) -> int:
         ):
             raise UsageError(f"no prompt lies within --range {args.range}")
         dtype = np.dtype(np.uint16 if max(p.obj_id for p in prompts) <= 65535 else np.uint32)
-        with AtomicOutput(args.out, args.overwrite) as output:
-            import tifffile
+        out = Path(args.out)
+        check_output_path(out)
+        command = {
+            "stack": _describe_file(stack_path), "prompts": [repr(p) for p in prompts],
+            "direction": args.direction, "range": args.range, "frame_axis": args.frame_axis,
+            "channel_axis": args.channel_axis, "position": args.position,
+            "model": _describe_file(Path(args.model)) if args.model and Path(args.model)
+            .exists() else args.model, "config": args.config, "image_size": args.image_size,
+            "precision": args.precision,
+        }
+        run = TrackRun(out, command, (num_frames, height, width), dtype,
+                       output_axes(stack_path), resume=args.resume, overwrite=args.overwrite)
+        completed = False
+        try:
+            model = load_model(args, video=True)
+            from ..api import track
 
-            axes = output_axes(stack_path)
-            with input_errors(f"cannot write {args.out}"):
-                labels = tifffile.memmap(
-                    output.tmp, shape=(num_frames, height, width), dtype=dtype,
-                    imagej=dtype == np.uint16, photometric="minisblack",
-                    metadata={"axes": axes},
+            n_obj = len({p.obj_id for p in prompts})
+            say(
+                f"tracking {n_obj} object{'s' * (n_obj != 1)} through {num_frames} frames "
+                f"of {width}×{height} ({args.direction})"
+            )
+            with store_errors():
+                track(
+                    frames, prompts, model=model, direction=args.direction,
+                    frame_range=frame_range, out=run.labels, progress=not args.quiet,
+                    store=store, on_frame=run.frame_done,
                 )
-            try:
-                model = load_model(args, video=True)
-                from ..api import track
-
-                n_obj = len({p.obj_id for p in prompts})
-                say(
-                    f"tracking {n_obj} object{'s' * (n_obj != 1)} through {num_frames} frames "
-                    f"of {width}×{height} ({args.direction})"
-                )
-                with store_errors():
-                    track(
-                        frames, prompts, model=model, direction=args.direction,
-                        frame_range=frame_range, out=labels, progress=not args.quiet,
-                        store=store,
-                    )
-                labels.flush()
-            finally:
-                del labels
-            output.commit()
+            if run.changed:
+                say(f"warning: {len(run.changed)} frame(s) finished before the interruption "
+                    "came out differently now (first: {run.changed[0]})")
+            run.commit()
+            completed = True
+        except (KeyboardInterrupt, Terminated):
+            if run.done.any():
+                say(f"{int(run.done.sum())} frame(s) finished are kept: run the same command "
+                    "with --resume to continue")
+            raise
+        finally:
+            if not completed:
+                run.close()
     say(f"wrote {args.out}")
     return EXIT_OK
+
+
+def _describe_file(path: Path) -> dict[str, object]:
+    """A file as part of a run's identity: where it is, its size and modification time."""
+    try:
+        stat = os.stat(path)
+        return {"path": str(Path(path).absolute()), "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns}
+    except OSError:
+        return {"path": str(path)}
+

@@ -147,6 +147,9 @@ class WidgetController(QObject):
         self._pre = PreEncoding(lambda: self._jobs.busy)
         self._jobs.busy_changed.connect(self._on_busy)
         viewer.dims.events.current_step.connect(self._refresh_pre_encoder)
+        from ..core.scratch import remove_stale
+
+        remove_stale()  # once per process: what a killed session of ours left behind
         layers = viewer.layers
         layers.events.inserted.connect(self._on_layer_inserted)
         layers.events.removed.connect(self._on_layer_removed)

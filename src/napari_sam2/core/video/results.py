@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import scratch
 from .frame_output import FrameOutput
 from .spill import Layout, SpillDirectory, SpillFile, layout_of
 
@@ -276,7 +277,10 @@ class ResultStore:
 
     def _ensure_disk(self) -> SpillDirectory:
         if self._disk is None:
-            disk = SpillDirectory(tempfile.mkdtemp(prefix="napari-sam2-", dir=self.spill_dir))
+            # named by this process, so that a later one removes it if this one is killed
+            prefix = f"{scratch.PREFIX}{scratch.owner_tag()}-"
+            disk = SpillDirectory(tempfile.mkdtemp(prefix=prefix, dir=self.spill_dir))
+            scratch.register(disk.directory)
             self._disk = disk
             self._finalizer = weakref.finalize(self, disk.close)
         return self._disk

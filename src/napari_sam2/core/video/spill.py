@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..scratch import forget
 from .frame_output import FrameOutput
 
 __all__ = ["Layout", "SpillDirectory", "SpillFile", "layout_of"]
@@ -81,3 +82,4 @@ class SpillDirectory:
             f.file.close()
         self.files.clear()
         shutil.rmtree(self.directory, ignore_errors=True)
+        forget(self.directory)
