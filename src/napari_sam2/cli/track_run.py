@@ -18,6 +18,7 @@ come out the same.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -54,6 +55,23 @@ def remove_old_runs(now: float | None = None) -> None:
             with contextlib.suppress(OSError):
                 if now - (folder / "run.json").stat().st_mtime > _KEEP_S:
                     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the whole file now: on a full disk this fails here with ENOSPC, instead of
+    the memory-mapped writes killing the process (SIGBUS) half-way through the run."""
+    size = path.stat().st_size
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None:
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fallocate(fd, 0, size)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # unsupported file system: skip
+            raise
+    finally:
+        os.close(fd)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -120,9 +138,16 @@ class TrackRun:
                     self.labels_path, shape=shape, dtype=dtype, imagej=np.dtype(dtype) ==
                     np.uint16, photometric="minisblack", metadata={"axes": axes},
                 )
+            if not self.before.any():
+                _reserve(self.labels_path)
         except (OSError, ValueError) as err:
             self.close()
-            raise UsageError(f"cannot write the labels of {out} in {self.folder}: {err}") from err
+            shutil.rmtree(self.folder, ignore_errors=True)
+            reason = getattr(err, "strerror", None) or err
+            raise UsageError(
+                f"cannot write the labels of {out} in {self.folder} ({reason}); free some "
+                "space there or set NAPARI_SAM2_CACHE to a folder on another disk"
+            ) from err
         self._previous = {int(i): self.labels[int(i)].copy() for i in np.flatnonzero(self.before)}
         self.changed: list[int] = []  # finished before, different now (should stay empty)
         self._save_record()

@@ -271,7 +271,15 @@ class ResultStore:
             path = os.path.join(disk.directory, f"results_{len(disk.files)}.bin")
             spill = disk.files[layout] = SpillFile(path, layout)
         slot = None if frames.slot[t] < 0 else int(frames.slot[t])
-        frames.slot[t] = spill.write(out, slot)
+        try:
+            frames.slot[t] = spill.write(out, slot)
+        except OSError as err:
+            raise OSError(
+                err.errno,
+                f"cannot keep tracking results on disk in {disk.directory} "
+                f"({err.strerror or err}); free some space there, or point spill_dir (or "
+                "the TMPDIR environment variable) to another disk",
+            ) from err
         frames.layout_of[t] = layout
         self.spill_writes += 1
 

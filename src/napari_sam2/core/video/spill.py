@@ -55,6 +55,7 @@ class SpillFile:
             chunks.append(t.reshape(-1).view(torch.uint8).numpy().tobytes())
         self.file.seek(slot * self.record_nbytes)
         self.file.write(b"".join(chunks))
+        self.file.flush()  # a full disk fails here, not at a later read of a short record
         return slot
 
     def read(self, slot: int) -> dict[str, torch.Tensor]:
