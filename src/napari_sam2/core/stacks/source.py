@@ -77,10 +77,16 @@ def _as_array_like(data: Any) -> Any:
 class _FrameView:
     """Raw frames of the stack along the followed axis: shape (T, *raw_frame_shape)."""
 
-    def __init__(self, data: Any, layout: FrameLayout, n_frames: int, name: str) -> None:
+    def __init__(
+        self, data: Any, layout: FrameLayout, n_frames: int, name: str,
+        folder: str | None = None,
+    ) -> None:
         self.data, self.layout, self.name = data, layout, name
         self.shape = (n_frames, *layout.raw_frame_shape)
         self.dtype = np.dtype(data.dtype)
+        # a zarr folder read chunk by chunk: a chunk that is not there reads as zeros (the
+        # fill value), so a folder deleted or moved mid-run would give black frames
+        self.folder = folder
 
     def __getitem__(self, index: int) -> np.ndarray:
         lay, data = self.layout, self.data
@@ -96,6 +102,11 @@ class _FrameView:
             raise FrameReadError(
                 f"could not read frame {index} of {self.name}: {type(exc).__name__}: {exc}", index
             ) from exc
+        if self.folder is not None and not os.path.isdir(self.folder):
+            raise FrameReadError(
+                f"could not read frame {index} of {self.name}: the folder was removed or "
+                "moved while it was being read", index,
+            )
         if frame.shape != lay.raw_frame_shape:
             raise FrameReadError(
                 f"frame {index} of {self.name} has shape {frame.shape}, expected "
@@ -171,7 +182,8 @@ class FrameSource:
             raise ValueError(f"the stack has no frames along frame_axis={layout.frame_axis}")
         self._layout = layout
         check_frame_fits(layout.raw_frame_shape, data.dtype, "frame")  # before any read
-        self._view = _FrameView(data, layout, n, self._name)
+        folder = self._path if self._path is not None and os.path.isdir(self._path) else None
+        self._view = _FrameView(data, layout, n, self._name, folder)
         max_sample = kwargs.pop("max_sample_frames", 16)
         fca = layout.frame_channel_axis
         if normalization is not None:
