@@ -100,21 +100,25 @@ def run(args: argparse.Namespace, folder: Path) -> None:
         for _ in session.apply(changes):
             pass
         last = min(start + args.every, args.frames) - 1
-        for frame_idx, masks in session.propagate("forward", (start, last)):
+        for frame_idx, _ in session.propagate("forward", (start, last)):
             done += 1
             if done % 50 == 0 or done == 1:
                 rss, fds = sample(process)
                 rows.append((done, rss, fds, time.perf_counter() - t0))
                 print(f"  frame {frame_idx:5d}  RSS {rss:8.1f} MiB  open fds {fds:4d}  "
                       f"{rows[-1][3]:7.1f} s", flush=True)
+    elapsed = time.perf_counter() - t0
+    rss, fds = sample(process)
+    rows.append((done, rss, fds, elapsed))
     session.close()
     rss_all = [r[1] for r in rows]
     fds_all = [r[2] for r in rows]
     print(f"RSS MiB: start {rss_all[0]:.1f}, peak {max(rss_all):.1f}, end {rss_all[-1]:.1f}; "
           f"after frame {rows[min(2, len(rows) - 1)][0]}: {rss_all[min(2, len(rss_all) - 1)]:.1f}")
     print(f"open fds: start {fds_all[0]}, peak {max(fds_all)}, end {fds_all[-1]}")
-    print(f"{done} frames in {rows[-1][3]:.0f} s ({rows[-1][3] / done:.3f} s/frame); "
-          f"store on disk {sum(p.stat().st_size for p in folder.rglob('*') if p.is_file()) / 1e6:.0f} MB")
+    stored = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    print(f"{done} frames in {elapsed:.0f} s ({elapsed / done:.3f} s/frame); "
+          f"store on disk {stored / 1e6:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def test_a_zarr_stack_removed_mid_run_stops_with_a_clear_message(tmp_path):
     with predictor.init_state(str(path)) as state:
         predictor.add_new_points_or_box(state, 0, 1, points=[[20, 30]], labels=[1])
         with pytest.raises(FrameReadError) as info:
-            for frame_idx, _, masks in predictor.propagate_in_video(state):
+            for frame_idx, _, _masks in predictor.propagate_in_video(state):
                 delivered.append(frame_idx)
                 if frame_idx == 2:
                     shutil.rmtree(path)  # the folder goes (a share unmounted, a user's rm)
