@@ -2,8 +2,9 @@
 load a model, click an object, start a job and close the viewer part-way. A clean run prints
 ``CLOSED <job>`` and ``DONE`` and exits 0 (no traceback, no abort).
 
-    python close_during_run.py CHECKPOINT JOB      JOB: propagate | precompute | everything
-                                                        | load | click
+    python close_during_run.py CHECKPOINT JOB
+
+JOB is one of load, click, propagate, precompute, everything, preencode.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def main(checkpoint: str, job: str) -> int:
             controller.add_point((3, 30, 25))
             QTimer.singleShot(0, close)  # the click's prediction is queued or running
         else:
+            from qtpy.QtCore import QTimer
+
             controller.add_point((3, 30, 25))
             wait(lambda: not controller.busy)
             if job == "propagate":
@@ -61,6 +64,10 @@ def main(checkpoint: str, job: str) -> int:
             elif job == "precompute":
                 controller.precompute_progress.connect(lambda done, total: done >= 2 and close())
                 controller.precompute_embeddings()
+            elif job == "preencode":
+                controller.pre_encode = True  # encodes the slices around the current one
+                viewer.dims.set_current_step(0, 8)
+                QTimer.singleShot(200, close)
             elif job == "everything":
                 controller.segment_everything(points_per_side=4)
                 controller.everything_finished.connect(close)  # as the labels are written

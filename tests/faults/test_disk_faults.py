@@ -36,6 +36,23 @@ def test_a_full_disk_while_spilling_stops_with_a_clear_message(monkeypatch):
     assert len(delivered) >= 2 and [f for f, _ in delivered] == list(range(len(delivered)))
 
 
+def test_a_spill_folder_that_cannot_be_written_is_named(tmp_path):
+    from napari_sam2.core.video.predictor import SAM2VideoPredictor
+    from tests.core.store.conftest import cell_stack, tiny_model
+
+    # a folder that cannot be made (a read-only one would not stop root, who runs CI)
+    missing = tmp_path / "a file"
+    missing.write_text("")
+    missing = missing / "spill"
+    predictor = SAM2VideoPredictor(tiny_model(), ram_window=2, store=False,
+                                   spill_dir=str(missing))
+    with predictor.init_state(cell_stack(6)) as state:
+        predictor.add_new_points_or_box(state, 0, 1, points=[[20, 30]], labels=[1])
+        with pytest.raises(OSError) as info:
+            list(predictor.propagate_in_video(state))
+    assert str(missing) in str(info.value) and "spill_dir" in str(info.value)
+
+
 def test_track_on_a_full_disk_exits_2_and_leaves_nothing(tmp_path, official_checkpoint,
                                                          monkeypatch, capsys):
     import os

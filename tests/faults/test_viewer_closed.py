@@ -13,7 +13,10 @@ import pytest
 SCRIPT = Path(__file__).with_name("close_during_run.py")
 
 
-@pytest.mark.parametrize("job", ["load", "click", "propagate", "precompute", "everything"])
+JOBS = ["load", "click", "propagate", "precompute", "everything", "preencode"]
+
+
+@pytest.mark.parametrize("job", JOBS)
 def test_closing_the_viewer_mid_job_exits_cleanly(job, widget_checkpoint, tmp_path):
     temp = tmp_path / "temp"
     temp.mkdir()

@@ -71,3 +71,33 @@ def test_removing_the_image_mid_precompute_stops_it(loaded, qtbot):
         viewer.layers.remove(widget.image_layer)
     assert max(steps) < 12 and not widget.is_precomputing
     wait_idle(qtbot, widget)
+
+
+@pytest.mark.parametrize("job", ["propagate", "precompute", "everything"])
+def test_closing_the_dock_widget_mid_job_stops_it_cleanly(job, loaded, qtbot):
+    viewer, widget = loaded(blob_stack(12))
+    c = widget.controller
+    widget.add_point((0, 30, 25))
+    wait_idle(qtbot, widget)
+    labels = widget.labels_layer
+    before = np.asarray(labels.data).copy()
+    if job == "propagate":
+        _running(widget, qtbot)
+    elif job == "precompute":
+        steps = []
+        c.precompute_progress.connect(lambda done, total: steps.append(done))
+        widget.precompute_embeddings()
+        qtbot.waitUntil(lambda: len(steps) >= 2, timeout=120_000)
+    else:
+        widget.segment_everything(points_per_side=4)
+    viewer.window.remove_dock_widget("all")  # napari's close button on the dock
+    assert not widget._alive
+    qtbot.waitUntil(lambda: not c.jobs.busy, timeout=120_000)  # its worker ended
+    assert not c.is_running and not c.is_precomputing
+    after = np.asarray(labels.data)
+    assert (after[before > 0] == before[before > 0]).all()  # nothing drawn was lost
+    with pytest.raises(RuntimeError, match="widget was closed"):
+        widget.add_point((3, 30, 25))  # a closed widget takes no more work
+    with pytest.raises(RuntimeError, match="widget was closed"):
+        widget.precompute_embeddings()
+    assert not c.jobs.busy

@@ -497,6 +497,8 @@ class WidgetController(QObject):
         the Labels layer as it arrives (one undo step for the run);
         :attr:`propagation_finished` is emitted at the end.
         """
+        if not self._alive:
+            raise RuntimeError("Cannot propagate: the SAM 2 widget was closed; open it again.")
         if self._run is not None:
             raise RuntimeError("A propagation is already running; cancel it or wait.")
         if self._model is None or self._image is None:
@@ -675,6 +677,8 @@ class WidgetController(QObject):
     # ------------------------------------------------------------------ layers
     def _prompt_layers(self) -> PromptLayers:
         """The image's prompt layers, created (or found again) and listened to."""
+        if not self._alive:
+            raise RuntimeError("The SAM 2 widget was closed; open it again to add prompts.")
         if self._image is None:
             raise RuntimeError("Choose an image layer first.")
         if self._prompts is None:
@@ -893,5 +897,7 @@ class WidgetController(QObject):
             self.notice.emit("error", message)
 
     def _require_idle(self, what: str) -> None:
+        if not self._alive:
+            raise RuntimeError(f"Cannot {what}: the SAM 2 widget was closed; open it again.")
         if self._run is not None:
             raise RuntimeError(f"Cannot {what} while a propagation runs; cancel it first.")

@@ -287,7 +287,17 @@ class ResultStore:
         if self._disk is None:
             # named by this process, so that a later one removes it if this one is killed
             prefix = f"{scratch.PREFIX}{scratch.owner_tag()}-"
-            disk = SpillDirectory(tempfile.mkdtemp(prefix=prefix, dir=self.spill_dir))
+            try:
+                directory = tempfile.mkdtemp(prefix=prefix, dir=self.spill_dir)
+            except OSError as err:  # a read-only or missing folder, a full disk
+                where = self.spill_dir or tempfile.gettempdir()
+                raise OSError(
+                    err.errno,
+                    f"cannot keep tracking results on disk in {where} ({err.strerror or err}); "
+                    "point spill_dir (or the TMPDIR environment variable) to a folder you can "
+                    "write, with free space",
+                ) from err
+            disk = SpillDirectory(directory)
             scratch.register(disk.directory)
             self._disk = disk
             self._finalizer = weakref.finalize(self, disk.close)
