@@ -26,6 +26,7 @@ from napari.layers import Image
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..core.stacks.source import frame_read_lock
+from ._data_watch import DataWatch
 from ._jobs import JobQueue
 from ._labels_writer import LabelsWriter, labels_max, write_new_labels
 from ._layers import (
@@ -123,6 +124,8 @@ class WidgetController(QObject):
         self._pending: dict = {}
         self._run: PropagationRun | None = None
         self._precompute: PrecomputeRun | None = None
+        self._run_watch = self._precompute_watch = DataWatch((), lambda layer: None)
+        self._adopt_after_run: Any = None  # an image added while a stopping run ends
         self._store_status = "embeddings: none yet"
         self._frame_axis = 0
         self._overwrite = False
@@ -383,6 +386,8 @@ class WidgetController(QObject):
             return
         self.cancel()
         self.cancel_precompute()
+        self._run_watch.close()
+        self._precompute_watch.close()
         self._alive = False
         self._pre.close()
         self._viewer.dims.events.current_step.disconnect(self._refresh_pre_encoder)
@@ -524,6 +529,9 @@ class WidgetController(QObject):
             on_frame=self._on_frame, on_done=self._on_run_done,
             on_error=partial(self._report, "Propagation failed"),
         )
+        self._run_watch = DataWatch(
+            (self._image, labels), partial(self._on_data_replaced, "the propagation")
+        )
         worker.started.connect(self._on_run_started)
         self.running_changed.emit(True)
         self.progress_changed.emit(0, self._run.total)
@@ -548,10 +556,15 @@ class WidgetController(QObject):
     def _on_run_done(self, run: PropagationRun, completed: bool) -> None:
         if self._run is run:
             self._run = None
+            self._run_watch.close()
         self.running_changed.emit(False)
         if completed:
             self.progress_changed.emit(run.total, run.total)
         self.propagation_finished.emit(completed)
+        waiting, self._adopt_after_run = self._adopt_after_run, None
+        if (waiting is not None and self._alive and self._image is None and self._run is None
+                and waiting in self._viewer.layers):
+            self.image_layer = waiting
 
     # ------------------------------------------------------------------ embeddings on disk
     @property
@@ -588,6 +601,9 @@ class WidgetController(QObject):
             on_done=self._on_precompute_done,
             on_error=partial(self._report, "Precomputing embeddings failed"),
         )
+        self._precompute_watch = DataWatch(
+            (self._image,), partial(self._on_data_replaced, "precomputing embeddings")
+        )
         self.precompute_running.emit(True)
         self.precompute_progress.emit(0, session.num_frames)
         return self._jobs.submit(worker)
@@ -612,6 +628,7 @@ class WidgetController(QObject):
     def _on_precompute_done(self, run: PrecomputeRun, completed: bool) -> None:
         if self._precompute is run:
             self._precompute = None
+            self._precompute_watch.close()
         if not self._alive:
             return
         resume = run.stepped_aside and self._session is not None and self._run is None
@@ -717,6 +734,9 @@ class WidgetController(QObject):
         self.layers_changed.emit()
         added = getattr(event, "value", None)
         if self._image is None and isinstance(added, Image):  # the first image: take it
+            if self._run is not None:  # the run of a deleted image is stopping: after it
+                self._adopt_after_run = added
+                return
             try:
                 self.image_layer = added
             except Exception as err:  # noqa: BLE001 - reported to the user
@@ -740,6 +760,26 @@ class WidgetController(QObject):
         if self._image is not None and layer == self._image:
             self._drop_image()
         self.layers_changed.emit()
+
+    def _on_data_replaced(self, job: str, layer: Any) -> None:
+        """A layer that ``job`` reads or writes was given new data: stop the job."""
+        if not self._alive:
+            return
+        if job == "the propagation":
+            if self._run is None or self._run.stopped:
+                return
+            self.cancel()
+            kept = "the frames written so far stay" if layer is not self._labels else (
+                "what it wrote is in the data that was replaced")
+        else:
+            if self._precompute is None:
+                return
+            self.cancel_precompute()
+            kept = "the slices encoded so far stay on disk"
+        self.notice.emit(
+            "warning", f"The layer {layer.name!r} was given new data; {job} was stopped "
+            f"({kept}). Start it again to use the new data."
+        )
 
     def _drop_image(self) -> None:
         self.cancel_precompute()  # its slices belong to the image that went
@@ -779,7 +819,8 @@ class WidgetController(QObject):
         limits = None
         if self._contrast_mode == "limits":
             limits = tuple(float(v) for v in self._image.contrast_limits)
-        key = (self._image.unique_id, geometry, limits, id(self._model))
+        # The data's identity too: an image given new data of the same shape is a new stack.
+        key = (self._image.unique_id, id(self._image.data), geometry, limits, id(self._model))
         if self._session is not None and key == self._session_key:
             return self._session
         active = self._jobs.active
