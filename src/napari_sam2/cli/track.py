@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                 )
             if run.changed:
                 say(f"warning: {len(run.changed)} frame(s) finished before the interruption "
-                    "came out differently now (first: {run.changed[0]})")
+                    f"came out differently now (first: {run.changed[0]})")
             run.commit()
             completed = True
         except (KeyboardInterrupt, Terminated):

@@ -189,25 +189,41 @@ class TrackRun:
         self._save_record()
 
     def commit(self) -> None:
-        """Move the finished labels onto the output; the run folder goes."""
+        """Move the finished labels onto the output; the run folder goes. If the output
+        cannot be written (a folder turned read-only, a full disk), the run folder stays and
+        the message says how to finish with ``--resume``."""
         self.labels.flush()
         del self.labels
         try:
-            os.replace(self.labels_path, self.out)
-        except OSError:  # another file system: copy next to the output, then rename
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.out.name}.{scratch.owner_tag()}-",
-                                       suffix=".tmp", dir=self.out.parent)
-            os.close(fd)
-            scratch.register(tmp)
-            try:
-                shutil.copyfile(self.labels_path, tmp)
-                os.replace(tmp, self.out)
-            finally:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                scratch.forget(tmp)
+            self._move_onto_output()
+        except OSError as err:
+            self.close()
+            raise UsageError(
+                f"cannot write {self.out} ({err.strerror or err}); the tracked frames are kept: "
+                "run the same command again with --resume once the folder can be written"
+            ) from err
         shutil.rmtree(self.folder, ignore_errors=True)
         self.close()
+
+    def _move_onto_output(self) -> None:
+        try:
+            os.replace(self.labels_path, self.out)
+            return
+        except OSError as err:
+            if err.errno != errno.EXDEV:
+                raise
+        # another file system: copy next to the output, then rename
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.out.name}.{scratch.owner_tag()}-",
+                                   suffix=".tmp", dir=self.out.parent)
+        os.close(fd)
+        scratch.register(tmp)
+        try:
+            shutil.copyfile(self.labels_path, tmp)
+            os.replace(tmp, self.out)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            scratch.forget(tmp)
 
     def close(self) -> None:
         """Release the output (the run folder stays for ``--resume`` unless committed)."""

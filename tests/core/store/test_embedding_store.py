@@ -3,7 +3,9 @@ and damaged paths, read-only stores."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 
 import numpy as np
 import pytest
@@ -152,15 +154,16 @@ def test_a_folder_that_cannot_be_written_is_used_read_only(tmp_path, monkeypatch
     assert store.write(1, sig, levels(), POS) is False
 
 
-def test_a_full_disk_stops_writing_with_one_warning(tmp_path, monkeypatch):
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_full_or_read_only_disk_stops_writing_with_one_warning(code, tmp_path, monkeypatch):
     store = EmbeddingStore.open(tmp_path / "s.zarr", key())
     sig = frame_signature(np.zeros(3))
 
-    def full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+    def refused(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr("zarr.storage._local._put", full)
-    with pytest.warns(RuntimeWarning, match="No space left"):
+    monkeypatch.setattr("zarr.storage._local._put", refused)
+    with pytest.warns(RuntimeWarning, match=os.strerror(code)):
         assert store.write(0, sig, levels(), POS) is False
     assert store.write(1, sig, levels(), POS) is False  # no second attempt, no second warning
     monkeypatch.undo()
