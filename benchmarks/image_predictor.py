@@ -60,7 +60,7 @@ def main() -> None:
         gflop_enc = count_gflop(lambda: our_model.forward_image(x))
         gflop_click = None
         for precision in args.precision:
-            ours = SAM2ImagePredictor(set_precision(our_model, precision))
+            ours = SAM2ImagePredictor(set_precision(our_model, precision), store=False)
             mode = our_model.precision
             peak = peak_for(precision)
             tag = f"{precision} -> {mode}" if precision == "auto" else precision

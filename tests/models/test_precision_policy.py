@@ -204,6 +204,28 @@ def test_image_to_token_attention_uses_the_chosen_kernel(kernels, monkeypatch):
     assert used == [1]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_image_to_token_attention_keys_first_matches_the_fused_kernel(kernels, monkeypatch,
+                                                                     dtype):
+    import napari_sam2.models.attention_kernels as ak
+
+    used = []
+    real = ak.few_keys_attention
+    monkeypatch.setattr(ak, "few_keys_attention", lambda *a, **k: used.append(1) or real(*a, **k))
+    gen = torch.Generator().manual_seed(1)
+    q = (3 * torch.randn(2, 8, 1024, 16, generator=gen)).to(dtype)
+    k, v = (3 * torch.randn(2, 8, 7, 16, generator=gen)).to(dtype), torch.randn(2, 8, 7, 16)
+    v = v.to(dtype)
+    key = f"cpu:{str(dtype).removeprefix('torch.')}:few-keys"
+    kernels.set_kernel_choices({key: "few-keys-fp32"})
+    out = sdpa(q, k, v)
+    assert used == [1] and out.dtype == dtype and out.shape == (2, 8, 1024, 16)
+    exact = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    # scores and softmax in float32: only the output's own rounding is left
+    bound = 1e-5 if dtype == torch.float32 else 2 ** -8
+    assert ((out.double() - exact).abs() <= bound * (1 + exact.abs())).all()
+
+
 def test_kernel_choice_is_measured_once_and_kept(kernels, monkeypatch, tmp_path):
     monkeypatch.setenv("NAPARI_SAM2_CACHE", str(tmp_path))
     monkeypatch.setattr(precision_policy, "_record", None)
@@ -257,8 +279,10 @@ def test_timing_the_value_orders_runs_both():
 @pytest.mark.parametrize("kind", kernel_choice.KINDS)
 def test_timing_the_candidates_runs_each(kernels, kind):
     times = kernel_choice.time_kernels(torch.float32, repeats=1, kind=kind)
-    assert set(times) == {"fused", "blocked"} and all(t > 0 for t in times.values())
+    assert set(times) == ({"fused", "blocked"} if kind == "long"
+                          else {"fused", "blocked", "few-keys-fp32"})
+    assert all(t > 0 for t in times.values())
     bf16 = kernel_choice.time_kernels(torch.bfloat16, repeats=1, kind=kind)
     # With few keys, bfloat16 scores must stay in float32: no blocked kernel then.
     assert set(bf16) == ({"fused", "blocked", "fused-fp32"} if kind == "long"
-                         else {"fused", "fused-fp32"})
+                         else {"fused", "fused-fp32", "few-keys-fp32"})

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .blocked_attention import chunked_attention
+from .few_keys_attention import few_keys_attention
 from .kernel_choice import attention_kernel, attention_kind
 
 __all__ = ["sdpa", "chunked_attention", "attend_then_project"]
@@ -26,7 +27,8 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0
     """Attention, ``B×heads×N×d`` in and out. Long attention and attention of many queries
     to few keys use, on the CPU, the kernel measured fastest on this machine
     (:mod:`~napari_sam2.models.kernel_choice`): torch's fused kernel,
-    :func:`chunked_attention`, or (for bfloat16) the fused kernel in float32. Everything
+    :func:`chunked_attention`, (for bfloat16) the fused kernel in float32, or (few keys)
+    :func:`few_keys_attention`. Everything
     else, and any attention with dropout, uses torch's fused kernel."""
     kind = attention_kind(q, k) if dropout_p == 0.0 and q.device.type == "cpu" else None
     if kind is not None:
@@ -37,6 +39,8 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0
         if kernel == "blocked":
             with torch.autocast("cpu", enabled=False):
                 return chunked_attention(q.to(dtype), k.to(dtype), v.to(dtype))
+        if kernel == "few-keys-fp32":
+            return few_keys_attention(q, k, v).to(dtype)
         if kernel == "fused-fp32" and dtype != torch.float32:
             with torch.autocast("cpu", enabled=False):  # autocast would cast them back
                 out = F.scaled_dot_product_attention(q.float(), k.float(), v.float())

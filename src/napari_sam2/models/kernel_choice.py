@@ -14,6 +14,10 @@ of prompt tokens). Each can run three ways:
 ``"fused-fp32"``
     bfloat16 inputs attended by the fused kernel in float32 and cast back (only offered for
     bfloat16).
+``"few-keys-fp32"``
+    :func:`~napari_sam2.models.few_keys_attention.few_keys_attention`: the scores laid out
+    keys-first, in float32 (only offered for few keys, where a softmax along rows of a
+    handful of values is slow).
 
 Memory attention's values are 64-channel memory tokens projected to 256 channels; the
 weighted sum can be taken before or after that projection (see
@@ -40,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from .blocked_attention import chunked_attention
+from .few_keys_attention import few_keys_attention
 
 __all__ = [
     "LONG_KEYS",
@@ -67,7 +72,7 @@ LONG_QUERIES = 256
 """Queries from which attention counts as long (the mask decoder's few tokens never do)."""
 FEW_KEYS = 64
 """Keys up to which attention of :data:`LONG_QUERIES` or more queries counts as few-keys."""
-KERNELS = ("fused", "blocked", "fused-fp32")
+KERNELS = ("fused", "blocked", "fused-fp32", "few-keys-fp32")
 KINDS = ("long", "few-keys")
 VALUE_ORDERS = ("mix-first", "project-first")
 
@@ -93,10 +98,13 @@ def attention_kind(q: torch.Tensor, k: torch.Tensor) -> str | None:
 def _candidates(dtype: torch.dtype, kind: str = "long") -> tuple[str, ...]:
     """Kernels to time. For a few bfloat16 keys the blocked kernel is not offered: its scores
     are rounded to bfloat16 before the softmax, which with so few keys shows in the masks
-    (the decoder's image-to-token attention), while the fused kernels keep them in float32."""
+    (the decoder's image-to-token attention), while the fused kernels keep them in float32.
+    For few keys the key-first float32 kernel is offered in either dtype."""
+    if kind == "long":
+        return KERNELS[:2] if dtype != torch.bfloat16 else KERNELS[:3]
     if dtype != torch.bfloat16:
-        return KERNELS[:2]
-    return KERNELS if kind == "long" else ("fused", "fused-fp32")
+        return ("fused", "blocked", "few-keys-fp32")
+    return ("fused", "fused-fp32", "few-keys-fp32")
 
 
 def _key(device_type: str, dtype: torch.dtype, kind: str = "long") -> str:
@@ -121,6 +129,7 @@ def time_kernels(dtype: torch.dtype, repeats: int = 3, kind: str = "long") -> di
         "fused": lambda: F.scaled_dot_product_attention(q, k, v),
         "blocked": lambda: chunked_attention(q, k, v),
         "fused-fp32": lambda: F.scaled_dot_product_attention(q.float(), k.float(), v.float()),
+        "few-keys-fp32": lambda: few_keys_attention(q, k, v).contiguous(),
     }
     return _best_times(runs, _candidates(dtype, kind), repeats)
 

@@ -10,11 +10,25 @@ mask's logits.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .common import MLP, LayerNorm2d, activation_module, tensor_identity
 
 __all__ = ["MaskDecoder"]
+
+
+def _deconv_2x2(tokens: torch.Tensor, h: int, w: int, deconv: nn.ConvTranspose2d) -> torch.Tensor:
+    """``deconv`` (kernel 2, stride 2) of an ``h×w`` grid given as ``B×hw×C_in`` tokens,
+    returned channels last, ``B×2h×2w×C_out``."""
+    c_out = deconv.out_channels
+    # (C_in, C_out, 2, 2) -> rows ordered (i, j, C_out): one linear map per token
+    weight = deconv.weight.permute(2, 3, 1, 0).reshape(4 * c_out, -1)
+    bias = None if deconv.bias is None else deconv.bias.repeat(4)
+    y = F.linear(tokens, weight, bias)  # B×hw×(2·2·C_out)
+    b = y.shape[0]
+    y = y.reshape(b, h, w, 2, 2, c_out).permute(0, 1, 3, 2, 4, 5)  # B×h×i×w×j×C_out
+    return y.reshape(b, 2 * h, 2 * w, c_out)
 
 
 class MaskDecoder(nn.Module):
@@ -61,6 +75,7 @@ class MaskDecoder(nn.Module):
     ) -> None:
         super().__init__()
         self._image_side_cache: tuple[tuple, dict[str, torch.Tensor]] | None = None
+        self._high_res_cache: tuple[tuple, list[torch.Tensor]] | None = None
         act = activation_module(activation)
         self.transformer_dim = transformer_dim
         self.transformer = transformer
@@ -209,23 +224,18 @@ class MaskDecoder(nn.Module):
         iou_token_out = hs[:, first, :]  # B×C
         mask_tokens_out = hs[:, first + 1 : first + 1 + self.num_mask_tokens, :]  # B×K×C
 
-        src = src.transpose(1, 2).reshape(b, c, h, w)  # B×hw×C -> B×C×h×w
-        if self.use_high_res_features:
-            if high_res_features is None:
-                raise ValueError("This decoder needs high_res_features=[feat_s0, feat_s1].")
-            deconv1, norm1, act1, deconv2, act2 = self.output_upscaling
-            feat_s0, feat_s1 = high_res_features
-            upscaled = act1(norm1(deconv1(src) + feat_s1))  # B×C/4×2h×2w
-            upscaled = act2(deconv2(upscaled) + feat_s0)  # B×C/8×4h×4w
-        else:
-            upscaled = self.output_upscaling(src)  # B×C/8×4h×4w
+        if self.use_high_res_features and high_res_features is None:
+            raise ValueError("This decoder needs high_res_features=[feat_s0, feat_s1].")
+        upscaled = self._upscale(src, h, w, high_res_features)  # B×4h×4w×C/8
 
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
             dim=1,
         )  # B×K×C/8
-        b, c8, uh, uw = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, c8, uh * uw)).reshape(b, -1, uh, uw)  # B×K×4h×4w
+        b, uh, uw, c8 = upscaled.shape
+        # B×16hw×C/8 @ B×C/8×K, then B×K×4h×4w (moving K-wide rows, not the C/8-wide image)
+        masks = torch.matmul(upscaled.reshape(b, uh * uw, c8), hyper_in.transpose(1, 2))
+        masks = masks.transpose(1, 2).reshape(b, -1, uh, uw)
 
         iou_pred = self.iou_prediction_head(iou_token_out)  # B×K
         if self.pred_obj_scores:
@@ -261,6 +271,46 @@ class MaskDecoder(nn.Module):
         side = self.transformer.image_projections(src, pos_src)
         self._image_side_cache = (key, side)
         return side
+
+    def _upscale(
+        self, tokens: torch.Tensor, h: int, w: int, high_res: list[torch.Tensor] | None
+    ) -> torch.Tensor:
+        """The image tokens ``B×hw×C`` upscaled 4× to ``B×4h×4w×C/8``, channels last.
+
+        Each 2×2, stride-2 transposed convolution is one matrix product of the tokens with
+        the kernel laid out ``(2·2·C_out)×C_in`` followed by placing each token's four outputs
+        on its 2×2 block; keeping channels last turns the channel layer norm into a plain
+        layer norm and spares the transposes to and from ``B×C×H×W``."""
+        deconv1, norm1, act1, deconv2, act2 = self.output_upscaling
+        feat_s0 = feat_s1 = None
+        if self.use_high_res_features:
+            feat_s0, feat_s1 = self._channels_last(high_res)
+        x = _deconv_2x2(tokens, h, w, deconv1)  # B×2h×2w×C/4
+        if feat_s1 is not None:
+            x = x + feat_s1
+        x = act1(F.layer_norm(x, (x.shape[-1],), norm1.weight, norm1.bias, norm1.eps))
+        x = _deconv_2x2(x.flatten(1, 2), 2 * h, 2 * w, deconv2)  # B×4h×4w×C/8
+        if feat_s0 is not None:
+            x = x + feat_s0
+        return act2(x)
+
+    def _channels_last(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``[feat_s0, feat_s1]`` (``B×C×H×W``) as contiguous ``B×H×W×C``, in autocast's dtype
+        when it is on (SAM 2's regime computes them in it); made once per image and kept
+        while clicks decode the same image again."""
+        device = feats[0].device.type
+        dtype = feats[0].dtype
+        if torch.is_autocast_enabled(device) and dtype == torch.float32:
+            dtype = torch.get_autocast_dtype(device)
+        if torch.is_grad_enabled() or self.training:
+            return [f.permute(0, 2, 3, 1).to(dtype) for f in feats]
+        key = (tuple(tensor_identity(f) for f in feats), dtype)
+        cached = self._high_res_cache
+        if cached is None or cached[0] != key:
+            made = [f.permute(0, 2, 3, 1).to(dtype, memory_format=torch.contiguous_format)
+                    for f in feats]
+            cached = self._high_res_cache = (key, made)
+        return cached[1]
 
     def _get_stability_scores(self, mask_logits: torch.Tensor) -> torch.Tensor:
         """Stability of ``...×H×W`` mask logits: area above ``+delta`` over area above ``-delta``.
