@@ -125,7 +125,9 @@ def test_track_end_to_end(tmp_path: Path, files, checkpoint) -> None:
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupted_tracking_leaves_no_output(tmp_path: Path, checkpoint, sig, code) -> None:
-    stack = np.repeat(make_timelapse()[:1, 32:96, 32:96], 300, axis=0)
+    # long enough that the run is still tracking when the signal comes, however fast the
+    # machine and whatever the embedding store already holds
+    stack = np.repeat(make_timelapse()[:1, 32:96, 32:96], 2000, axis=0)
     tifffile.imwrite(tmp_path / "long.tif", stack, photometric="minisblack")
     (tmp_path / "p.csv").write_text("index,axis-0,axis-1,axis-2\n0,0,32,32\n")
     out = tmp_path / "labels.tif"
@@ -151,6 +153,7 @@ def test_interrupted_tracking_leaves_no_output(tmp_path: Path, checkpoint, sig, 
         runs = Path(os.environ["NAPARI_SAM2_CACHE"]) / "runs"
         assert list(runs.glob("*/labels.tif"))  # the labels being written, in the cache
         time.sleep(1.0)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
         proc.send_signal(sig)
         assert proc.wait(timeout=60) == code
     finally:
