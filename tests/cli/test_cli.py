@@ -136,6 +136,9 @@ def test_interrupted_tracking_leaves_no_output(tmp_path: Path, checkpoint, sig, 
          tmp_path / "p.csv", "--out", out, "--model", checkpoint, "--image-size", str(SIZE),
          "--device", "cpu"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, cwd=ROOT,
+        # as from a terminal: a test run started in the background by a script inherits an
+        # ignored SIGINT, and Python then never turns Ctrl-C into KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     seen = bytearray()
     started = threading.Event()
